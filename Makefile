@@ -1,0 +1,60 @@
+# Warren build, test and code generation. Every target installs what it needs.
+SHELL := /bin/bash
+GO ?= go
+BIN := $(CURDIR)/bin
+export PATH := $(BIN):$(PATH)
+
+STATICCHECK_VERSION := v0.8.2
+PROTOC_GEN_GO := $(BIN)/protoc-gen-go
+BINARIES := warren-ztunnel
+
+.PHONY: all build test test-unit lint generate generate-check deps tools bench clean
+
+all: build
+
+## deps: OS packages the build, the generators and the tests need (Debian; run as root).
+deps:
+	@need=""; \
+	command -v protoc >/dev/null || need="$$need protobuf-compiler"; \
+	command -v ip >/dev/null || need="$$need iproute2"; \
+	if [ -n "$$need" ]; then \
+		echo "installing:$$need"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
+	fi
+
+## tools: module-built tools at the versions go.mod pins.
+tools: $(PROTOC_GEN_GO)
+$(PROTOC_GEN_GO): go.mod
+	$(GO) build -o $@ google.golang.org/protobuf/cmd/protoc-gen-go
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
+
+## test: every tier, the way CI runs it.
+test: deps generate-check lint
+	$(GO) test -race -count=1 ./...
+
+test-unit:
+	$(GO) test -count=1 ./...
+
+lint:
+	$(GO) vet ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
+
+## generate: all generated code, byte for byte.
+generate: deps tools
+	protoc --proto_path=api/nodeconfig --plugin=protoc-gen-go=$(PROTOC_GEN_GO) \
+		--go_out=api/nodeconfig --go_opt=paths=source_relative api/nodeconfig/nodeconfig.proto
+
+## generate-check: fail if the committed generated code differs from what generate makes.
+generate-check: generate
+	@git diff --exit-code -- api/ || { echo "generated code is stale: run 'make generate' and commit"; exit 1; }
+
+## bench: Go benchmarks of the data path, each next to its plain-TCP baseline.
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 2s -count 3 ./ztunnel/...
+
+clean:
+	rm -rf $(BIN)
