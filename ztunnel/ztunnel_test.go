@@ -121,7 +121,9 @@ func randomNet() [3]byte {
 	return [3]byte{127, byte(1 + rand.IntN(250)), byte(1 + rand.IntN(250))}
 }
 
-func ip(p [3]byte, host byte) string { return netip.AddrFrom4([4]byte{p[0], p[1], p[2], host}).String() }
+func ip(p [3]byte, host byte) string {
+	return netip.AddrFrom4([4]byte{p[0], p[1], p[2], host}).String()
+}
 
 // startNode runs a ztunnel for node name and enrolls its workloads.
 func (m *mesh) startNode(name string) *node {

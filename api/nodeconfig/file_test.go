@@ -75,7 +75,9 @@ func TestValidateRejects(t *testing.T) {
 		{"unknown server", func(s *nodeconfig.Snapshot) { s.Workloads[0].Servers = []string{"ns/nope"} }, `server "ns/nope" is not in the snapshot`},
 		{"server without port", func(s *nodeconfig.Snapshot) { s.Servers[0].Port = nil }, "a port number or name is required"},
 		{"server port 0", func(s *nodeconfig.Snapshot) { s.Servers[0].Port = &nodeconfig.Server_PortNumber{} }, "port 0 out of range"},
-		{"duplicate server", func(s *nodeconfig.Snapshot) { s.Servers = append(s.Servers, proto.Clone(s.Servers[0]).(*nodeconfig.Server)) }, "server ns/s: defined twice"},
+		{"duplicate server", func(s *nodeconfig.Snapshot) {
+			s.Servers = append(s.Servers, proto.Clone(s.Servers[0]).(*nodeconfig.Server))
+		}, "server ns/s: defined twice"},
 		{"vip is a pod ip", func(s *nodeconfig.Snapshot) { s.Services[0].Addresses = []string{"10.0.0.2"} }, "address 10.0.0.2 is also workload b's"},
 		{"endpoint unknown", func(s *nodeconfig.Snapshot) { s.Services[0].Endpoints[0].WorkloadUid = "zz" }, `endpoint workload "zz" is not in the snapshot`},
 		{"service port without target", func(s *nodeconfig.Snapshot) { s.Services[0].Ports[0].TargetPort = 0 }, "needs a target port number or name"},

@@ -65,9 +65,9 @@ type Config struct {
 
 // Proxy is one workload's inbound proxy.
 type Proxy struct {
-	cfg  Config
-	srv  *hbone.Server
-	log  *slog.Logger
+	cfg   Config
+	srv   *hbone.Server
+	log   *slog.Logger
 	unsub func()
 
 	mu    sync.Mutex
@@ -476,4 +476,3 @@ func addrPortOf(a net.Addr) netip.AddrPort {
 	ap, _ := netip.ParseAddrPort(a.String())
 	return ap
 }
-

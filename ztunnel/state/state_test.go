@@ -25,7 +25,7 @@ func snapshot() *nodeconfig.Snapshot {
 		},
 		Services: []*nodeconfig.Service{{
 			Name: "svc", Namespace: "ns", Addresses: []string{"10.96.0.1", "fd00::96:1"},
-			Ports: []*nodeconfig.ServicePort{{ServicePort: 80, TargetPortName: "http"}, {ServicePort: 81, TargetPort: 7000}},
+			Ports:     []*nodeconfig.ServicePort{{ServicePort: 80, TargetPortName: "http"}, {ServicePort: 81, TargetPort: 7000}},
 			Endpoints: []*nodeconfig.Endpoint{{WorkloadUid: "w1"}, {WorkloadUid: "w2"}, {WorkloadUid: "w3"}},
 		}},
 	}
