@@ -8,7 +8,7 @@ STATICCHECK_VERSION := v0.8.2
 PROTOC_GEN_GO := $(BIN)/protoc-gen-go
 BINARIES := warren-ztunnel
 
-.PHONY: all build test test-unit lint generate generate-check deps tools bench clean
+.PHONY: all build demo test test-unit lint generate generate-check deps tools bench clean
 
 all: build
 
@@ -30,6 +30,10 @@ $(PROTOC_GEN_GO): go.mod
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
+
+## demo: the main job: the L4 mesh on an embedded default config, with real traffic.
+demo:
+	$(GO) run ./test/demo
 
 ## test: every tier, the way CI runs it.
 test: deps generate-check lint
@@ -54,7 +58,7 @@ generate-check: generate
 
 ## bench: Go benchmarks of the data path, each next to its plain-TCP baseline.
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 2s -count 3 ./ztunnel/...
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./ztunnel/ ./ztunnel/hbone ./ztunnel/pool ./ztunnel/relay ./ztunnel/authz
 
 clean:
 	rm -rf $(BIN)

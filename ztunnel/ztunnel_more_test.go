@@ -61,7 +61,7 @@ func TestDefaultPolicies(t *testing.T) {
 			if tc.inCluster {
 				snap.Defaults.ClusterNetworks = []string{"127.0.0.0/8"}
 			}
-			m := newMesh(t, snap, p)
+			m := newMesh(t, snap)
 			m.startNode("node-1")
 			n2 := m.startNode("node-2")
 			startApp(t, netip.MustParseAddrPort(ip(p, 3)+":8080"), "b")
@@ -112,7 +112,7 @@ func TestDefaultPolicies(t *testing.T) {
 func TestPoolSharesOneTLSConnection(t *testing.T) {
 	t.Parallel()
 	p := randomNet()
-	m := newMesh(t, articleSnapshot(p), p)
+	m := newMesh(t, articleSnapshot(p))
 	n1 := m.startNode("node-1")
 	m.startNode("node-2")
 	dst := netip.MustParseAddrPort(ip(p, 3) + ":8080")
@@ -163,7 +163,7 @@ func TestPoolSharesOneTLSConnection(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	wl := workload(t, n1.zt, "default/service-a-0")
+	wl := workload(t, n1.Ztunnel, "default/service-a-0")
 	if wl.Pool.Dials != 1 || wl.Pool.Conns != 1 {
 		t.Errorf("after %d concurrent connections the pool made %d dials and holds %d connections; want 1 and 1", n, wl.Pool.Dials, wl.Pool.Conns)
 	}
@@ -187,7 +187,7 @@ func workload(t testing.TB, zt *ztunnel.Ztunnel, name string) ztunnel.Enrolled {
 func TestHalfClose(t *testing.T) {
 	t.Parallel()
 	p := randomNet()
-	m := newMesh(t, articleSnapshot(p), p)
+	m := newMesh(t, articleSnapshot(p))
 	m.startNode("node-1")
 	m.startNode("node-2")
 	dst := netip.MustParseAddrPort(ip(p, 3) + ":8080")
@@ -229,7 +229,7 @@ func TestInboundBadRequests(t *testing.T) {
 	p := randomNet()
 	snap := articleSnapshot(p)
 	snap.Workloads[1].DefaultInboundPolicy = nodeconfig.DefaultPolicy_DEFAULT_POLICY_ALL_AUTHENTICATED
-	m := newMesh(t, snap, p)
+	m := newMesh(t, snap)
 	m.startNode("node-1")
 	m.startNode("node-2")
 	startApp(t, netip.MustParseAddrPort(ip(p, 3)+":8080"), "b")
@@ -268,7 +268,7 @@ func TestInboundBadRequests(t *testing.T) {
 func TestPolicyChangeRevokesOpenConnections(t *testing.T) {
 	t.Parallel()
 	p := randomNet()
-	m := newMesh(t, articleSnapshot(p), p)
+	m := newMesh(t, articleSnapshot(p))
 	m.startNode("node-1")
 	n2 := m.startNode("node-2")
 	dst := netip.MustParseAddrPort(ip(p, 3) + ":8080")
@@ -317,7 +317,7 @@ func TestPolicyChangeRevokesOpenConnections(t *testing.T) {
 		t.Fatalf("read after revocation = %d bytes; want the connection closed", n)
 	}
 	waitFor(t, func() bool { return len(n2.security.lines(map[string]string{"event": "revoke"})) == 1 }, "one revoke event")
-	if v := metricValue(t, n2.reg, "warren_ztunnel_connections_revoked_total", nil); v != 1 {
+	if v := metricValue(t, n2.Registry, "warren_ztunnel_connections_revoked_total", nil); v != 1 {
 		t.Errorf("revoked counter = %v; want 1", v)
 	}
 }
@@ -342,7 +342,7 @@ func TestServiceAndPassthrough(t *testing.T) {
 		Ports:     []*nodeconfig.ServicePort{{ServicePort: 80, TargetPortName: "http"}},
 		Endpoints: []*nodeconfig.Endpoint{{WorkloadUid: "uid-service-b"}, {WorkloadUid: "uid-service-b-1"}},
 	}}
-	m := newMesh(t, snap, p)
+	m := newMesh(t, snap)
 	m.startNode("node-1")
 	n2 := m.startNode("node-2")
 	startApp(t, netip.MustParseAddrPort(ip(p, 3)+":8080"), "b0")
@@ -383,14 +383,14 @@ func TestServiceAndPassthrough(t *testing.T) {
 func TestAdminConfigDump(t *testing.T) {
 	t.Parallel()
 	p := randomNet()
-	m := newMesh(t, articleSnapshot(p), p)
+	m := newMesh(t, articleSnapshot(p))
 	n1 := m.startNode("node-1")
 	m.startNode("node-2")
 	waitFor(t, func() bool {
-		d, _ := n1.zt.Dump()
+		d, _ := n1.Ztunnel.Dump()
 		return len(d.Certificates) == 2
 	}, "certificates for both local workloads")
-	resp, err := http.Get("http://" + n1.admin + "/config_dump")
+	resp, err := http.Get("http://" + n1.Admin + "/config_dump")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,8 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/netip"
@@ -25,11 +23,8 @@ import (
 
 	"github.com/warren-mesh/warren/api/nodeconfig"
 	"github.com/warren-mesh/warren/ca/catest"
-	"github.com/warren-mesh/warren/ztunnel"
 	"github.com/warren-mesh/warren/ztunnel/hbone"
-	"github.com/warren-mesh/warren/ztunnel/identity"
-	"github.com/warren-mesh/warren/ztunnel/sockets"
-	"github.com/warren-mesh/warren/ztunnel/state"
+	"github.com/warren-mesh/warren/ztunnel/ztunneltest"
 )
 
 // logBuffer collects JSON log lines safely across goroutines.
@@ -69,127 +64,64 @@ func (b *logBuffer) lines(match map[string]string) []map[string]any {
 	return out
 }
 
-// origDst is the test's stand-in for the eBPF redirect's map: the original destination of a
-// connection, keyed by the client's address.
-type origDst struct{ m sync.Map }
-
-func (o *origDst) lookup(c net.Conn) (netip.AddrPort, error) {
-	src := c.RemoteAddr().(*net.TCPAddr).AddrPort()
-	v, ok := o.m.Load(src)
-	if !ok {
-		return netip.AddrPort{}, fmt.Errorf("no original destination for %s", src)
-	}
-	return v.(netip.AddrPort), nil
-}
-
-// node is one in-process ztunnel with its logs and metrics.
+// node is one in-process ztunnel with its logs.
 type node struct {
-	zt       *ztunnel.Ztunnel
-	reg      *prometheus.Registry
+	*ztunneltest.Node
 	security *logBuffer
 	access   *logBuffer
-	admin    string
 }
 
-// mesh is a small mesh on loopback: workloads get addresses in a random 127.x.y.0/24 so that
-// parallel tests and test binaries never collide on the fixed in-pod ports.
+// mesh is the test's view of a ztunneltest.Mesh: its CA, and nodes stopped at cleanup.
 type mesh struct {
-	t       testing.TB
-	ca      *catest.CA
-	store   *state.Store
-	snap    *nodeconfig.Snapshot
-	net     [3]byte
-	orig    *origDst
-	inOrig  *origDst
-	nodes   map[string]*node
-	version int
+	*ztunneltest.Mesh
+	t  testing.TB
+	ca *catest.CA
 }
 
-func newMesh(t testing.TB, snap *nodeconfig.Snapshot, prefix [3]byte) *mesh {
+func newMesh(t testing.TB, snap *nodeconfig.Snapshot) *mesh {
 	t.Helper()
-	m := &mesh{t: t, ca: catest.New(t, "cluster.local"), snap: snap, net: prefix, orig: &origDst{}, inOrig: &origDst{}, nodes: map[string]*node{}}
-	v, err := state.Build(snap)
-	if err != nil {
-		t.Fatalf("state.Build: %v", err)
-	}
-	m.store = state.NewStore(v)
-	return m
-}
-
-// randomNet returns a random 127.x.y prefix.
-func randomNet() [3]byte {
-	return [3]byte{127, byte(1 + rand.IntN(250)), byte(1 + rand.IntN(250))}
-}
-
-func ip(p [3]byte, host byte) string {
-	return netip.AddrFrom4([4]byte{p[0], p[1], p[2], host}).String()
-}
-
-// startNode runs a ztunnel for node name and enrolls its workloads.
-func (m *mesh) startNode(name string) *node {
-	t := m.t
-	t.Helper()
-	n := &node{reg: prometheus.NewRegistry(), security: &logBuffer{}, access: &logBuffer{}}
-	ids, err := identity.New(identity.Config{Signer: m.ca, TrustDomain: spiffeid.RequireTrustDomainFromString("cluster.local")})
+	c := catest.New(t, "cluster.local")
+	m, err := ztunneltest.New(ztunneltest.Config{Snapshot: snap, Signer: c, Bundle: c.Bundle()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	zt, err := ztunnel.New(ztunnel.Config{
-		Node:       name,
-		Store:      m.store,
-		Identities: ids,
-		Bundle:     m.ca.Bundle(),
-		Sockets: func(w *nodeconfig.Workload) (sockets.Factory, error) {
-			return sockets.Host{Source: netip.MustParseAddr(w.GetAddresses()[0])}, nil
-		},
-		OriginalDst:        m.orig.lookup,
-		InboundOriginalDst: m.inOrig.lookup,
-		EnrollLocal:        true,
-		AdminAddr:          "127.0.0.1:0",
-		Registry:           n.reg,
-		Log:                slog.New(slog.NewJSONHandler(io.Discard, nil)),
-		AccessLog:          slog.New(slog.NewJSONHandler(n.access, nil)),
-		SecurityLog:        slog.New(slog.NewJSONHandler(n.security, nil)),
-		HandshakeTimeout:   2 * time.Second,
-	})
+	return &mesh{Mesh: m, t: t, ca: c}
+}
+
+func (m *mesh) startNode(name string) *node {
+	m.t.Helper()
+	n := &node{security: &logBuffer{}, access: &logBuffer{}}
+	zn, err := m.StartNode(name, ztunneltest.Logs{Access: n.access, Security: n.security})
 	if err != nil {
-		t.Fatalf("ztunnel.New: %v", err)
+		m.t.Fatal(err)
 	}
-	n.zt = zt
-	n.admin = zt.Addrs()[0].String()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- zt.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("ztunnel %s Run: %v", name, err)
+	n.Node = zn
+	m.t.Cleanup(func() {
+		if err := zn.Stop(); err != nil {
+			m.t.Errorf("ztunnel %s Run: %v", name, err)
 		}
 	})
-	// Run enrolls asynchronously; wait until the node's workloads are served.
-	want := 0
-	for _, w := range m.snap.GetWorkloads() {
-		if w.GetNode() == name && w.GetTunnelProtocol() == nodeconfig.TunnelProtocol_TUNNEL_PROTOCOL_HBONE {
-			want++
-		}
-	}
-	waitFor(t, func() bool { return len(zt.Workloads()) == want }, "node %s enrolls %d workloads", name, want)
-	m.nodes[name] = n
 	return n
 }
 
-// update swaps in a modified copy of the snapshot.
 func (m *mesh) update(mutate func(s *nodeconfig.Snapshot)) {
 	m.t.Helper()
-	mutate(m.snap)
-	m.version++
-	m.snap.Version = fmt.Sprintf("v%d", m.version+1)
-	v, err := state.Build(m.snap)
-	if err != nil {
-		m.t.Fatalf("state.Build: %v", err)
+	if err := m.Update(mutate); err != nil {
+		m.t.Fatal(err)
 	}
-	m.store.Swap(v)
 }
+
+func (m *mesh) dialFrom(src string, dst netip.AddrPort) (*net.TCPConn, error) {
+	return m.DialFrom(netip.MustParseAddr(src), dst)
+}
+
+func (m *mesh) dialPlain(src string, dst netip.AddrPort) (*net.TCPConn, error) {
+	return m.DialPlain(netip.MustParseAddr(src), dst)
+}
+
+var randomNet = ztunneltest.RandomNet
+
+func ip(p [3]byte, host byte) string { return ztunneltest.IP(p, host).String() }
 
 func waitFor(t testing.TB, cond func() bool, format string, args ...any) {
 	t.Helper()
@@ -200,47 +132,6 @@ func waitFor(t testing.TB, cond func() bool, format string, args ...any) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-// dialFrom connects from the workload at src (as its app would) to dst through the workload's
-// outbound listener, recording dst as the original destination first, as the redirect does.
-func (m *mesh) dialFrom(src string, dst netip.AddrPort) (*net.TCPConn, error) {
-	m.t.Helper()
-	srcIP := netip.MustParseAddr(src)
-	port := freePort(m.t, srcIP)
-	local := netip.AddrPortFrom(srcIP, port)
-	m.orig.m.Store(local, dst)
-	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(local), Timeout: 5 * time.Second}
-	c, err := d.Dial("tcp", netip.AddrPortFrom(srcIP, ztunnel.OutboundPort).String())
-	if err != nil {
-		return nil, err
-	}
-	return c.(*net.TCPConn), nil
-}
-
-// dialPlain connects from an unmeshed client at src to dst's plaintext inbound port, recording
-// dst as the original destination, as sk_lookup would make it.
-func (m *mesh) dialPlain(src string, dst netip.AddrPort) (*net.TCPConn, error) {
-	m.t.Helper()
-	srcIP := netip.MustParseAddr(src)
-	local := netip.AddrPortFrom(srcIP, freePort(m.t, srcIP))
-	m.inOrig.m.Store(local, dst)
-	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(local), Timeout: 5 * time.Second}
-	c, err := d.Dial("tcp", netip.AddrPortFrom(dst.Addr(), ztunnel.PlaintextPort).String())
-	if err != nil {
-		return nil, err
-	}
-	return c.(*net.TCPConn), nil
-}
-
-func freePort(t testing.TB, ip netip.Addr) uint16 {
-	t.Helper()
-	ln, err := net.Listen("tcp", netip.AddrPortFrom(ip, 0).String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).AddrPort().Port()
 }
 
 // app is a test application server: it answers each connection with "hello from <name>" after
@@ -324,7 +215,7 @@ func articleSnapshot(p [3]byte) *nodeconfig.Snapshot {
 func TestArticlePolicy(t *testing.T) {
 	t.Parallel()
 	p := randomNet()
-	m := newMesh(t, articleSnapshot(p), p)
+	m := newMesh(t, articleSnapshot(p))
 	m.startNode("node-1")
 	n2 := m.startNode("node-2")
 	startApp(t, netip.MustParseAddrPort(ip(p, 3)+":8080"), "b")
@@ -345,7 +236,7 @@ func TestArticlePolicy(t *testing.T) {
 	}, "node-2 access log shows service-a's identity")
 
 	// service-c is denied: the client's connection is closed without data.
-	denyBefore := metricValue(t, n2.reg, "warren_ztunnel_authz_decisions_total", map[string]string{"decision": "deny"})
+	denyBefore := metricValue(t, n2.Registry, "warren_ztunnel_authz_decisions_total", map[string]string{"decision": "deny"})
 	c, err = m.dialFrom(ip(p, 4), dstB)
 	if err != nil {
 		t.Fatal(err)
@@ -373,7 +264,7 @@ func TestArticlePolicy(t *testing.T) {
 	if !strings.HasPrefix(fmt.Sprint(ev["src.addr"]), ip(p, 4)+":") || ev["reason"] == "" {
 		t.Errorf("deny event src.addr=%v reason=%v; want service-c's address and a reason", ev["src.addr"], ev["reason"])
 	}
-	denyAfter := metricValue(t, n2.reg, "warren_ztunnel_authz_decisions_total", map[string]string{"decision": "deny"})
+	denyAfter := metricValue(t, n2.Registry, "warren_ztunnel_authz_decisions_total", map[string]string{"decision": "deny"})
 	if denyAfter != denyBefore+1 {
 		t.Errorf("deny counter went %v -> %v; want +1", denyBefore, denyAfter)
 	}
