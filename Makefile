@@ -6,6 +6,8 @@ export PATH := $(BIN):$(PATH)
 
 STATICCHECK_VERSION := v0.8.2
 PROTOC_GEN_GO := $(BIN)/protoc-gen-go
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+PROTOC_GEN_GO_GRPC := $(BIN)/protoc-gen-go-grpc
 BINARIES := warren-ztunnel
 
 .PHONY: all build demo test test-unit lint generate generate-check deps tools bench clean
@@ -23,9 +25,11 @@ deps:
 	fi
 
 ## tools: module-built tools at the versions go.mod pins.
-tools: $(PROTOC_GEN_GO)
+tools: $(PROTOC_GEN_GO) $(PROTOC_GEN_GO_GRPC)
 $(PROTOC_GEN_GO): go.mod
 	$(GO) build -o $@ google.golang.org/protobuf/cmd/protoc-gen-go
+$(PROTOC_GEN_GO_GRPC):
+	GOBIN=$(BIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 
 build:
 	@mkdir -p $(BIN)
@@ -49,8 +53,10 @@ lint:
 
 ## generate: all generated code, byte for byte.
 generate: deps tools
-	protoc --proto_path=api/nodeconfig --plugin=protoc-gen-go=$(PROTOC_GEN_GO) \
-		--go_out=api/nodeconfig --go_opt=paths=source_relative api/nodeconfig/nodeconfig.proto
+	protoc --proto_path=api/nodeconfig \
+		--plugin=protoc-gen-go=$(PROTOC_GEN_GO) --go_out=api/nodeconfig --go_opt=paths=source_relative \
+		--plugin=protoc-gen-go-grpc=$(PROTOC_GEN_GO_GRPC) --go-grpc_out=api/nodeconfig --go-grpc_opt=paths=source_relative \
+		api/nodeconfig/nodeconfig.proto api/nodeconfig/push.proto
 
 ## generate-check: fail if the committed generated code differs from what generate makes.
 generate-check: generate
