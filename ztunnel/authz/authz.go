@@ -191,7 +191,7 @@ func (e *Engine) Explain(dst *nodeconfig.Workload, port uint16, src Source) Deci
 func (e *Engine) decide(dst *nodeconfig.Workload, port uint16, src Source, explain bool) Decision {
 	if dst == nil {
 		return Decision{
-			Policy: PolicyRef{Kind: KindDefault, Default: deny},
+			Policy: PolicyRef{Kind: KindDefault, Default: nodeconfig.PolicyDeny},
 			Reason: "no destination workload; failing closed",
 		}
 	}

@@ -1,7 +1,6 @@
 package authz
 
 import (
-	"fmt"
 	"net/netip"
 
 	"github.com/warren-mesh/warren/api/nodeconfig"
@@ -11,60 +10,12 @@ import (
 // warren.dev/default-inbound-policy annotation and in a Server's accessPolicy.
 type DefaultPolicy nodeconfig.DefaultPolicy
 
-// Annotation values of the default policies, as accepted by [ParseDefaultPolicy].
-const (
-	allUnauthenticated     = "all-unauthenticated"
-	allAuthenticated       = "all-authenticated"
-	clusterAuthenticated   = "cluster-authenticated"
-	clusterUnauthenticated = "cluster-unauthenticated"
-	deny                   = "deny"
-	audit                  = "audit"
-)
+// String returns the policy's user-facing name; see [nodeconfig.DefaultPolicy.Name].
+func (p DefaultPolicy) String() string { return nodeconfig.DefaultPolicy(p).Name() }
 
-// String returns the annotation value ("all-unauthenticated", "deny", ...), "unspecified" for
-// DEFAULT_POLICY_UNSPECIFIED and "DefaultPolicy(N)" for values this package does not know. The
-// strings are stable: they appear in logs, metrics and golden files.
-func (p DefaultPolicy) String() string {
-	switch nodeconfig.DefaultPolicy(p) {
-	case nodeconfig.DefaultPolicy_DEFAULT_POLICY_UNSPECIFIED:
-		return "unspecified"
-	case nodeconfig.DefaultPolicy_DEFAULT_POLICY_ALL_UNAUTHENTICATED:
-		return allUnauthenticated
-	case nodeconfig.DefaultPolicy_DEFAULT_POLICY_ALL_AUTHENTICATED:
-		return allAuthenticated
-	case nodeconfig.DefaultPolicy_DEFAULT_POLICY_CLUSTER_AUTHENTICATED:
-		return clusterAuthenticated
-	case nodeconfig.DefaultPolicy_DEFAULT_POLICY_CLUSTER_UNAUTHENTICATED:
-		return clusterUnauthenticated
-	case nodeconfig.DefaultPolicy_DEFAULT_POLICY_DENY:
-		return deny
-	case nodeconfig.DefaultPolicy_DEFAULT_POLICY_AUDIT:
-		return audit
-	default:
-		return fmt.Sprintf("DefaultPolicy(%d)", int32(p))
-	}
-}
-
-// ParseDefaultPolicy parses an annotation value such as "cluster-authenticated". Values are
-// case-sensitive and must be one of the six names; there is no way to spell "unspecified".
-func ParseDefaultPolicy(s string) (nodeconfig.DefaultPolicy, error) {
-	switch s {
-	case allUnauthenticated:
-		return nodeconfig.DefaultPolicy_DEFAULT_POLICY_ALL_UNAUTHENTICATED, nil
-	case allAuthenticated:
-		return nodeconfig.DefaultPolicy_DEFAULT_POLICY_ALL_AUTHENTICATED, nil
-	case clusterAuthenticated:
-		return nodeconfig.DefaultPolicy_DEFAULT_POLICY_CLUSTER_AUTHENTICATED, nil
-	case clusterUnauthenticated:
-		return nodeconfig.DefaultPolicy_DEFAULT_POLICY_CLUSTER_UNAUTHENTICATED, nil
-	case deny:
-		return nodeconfig.DefaultPolicy_DEFAULT_POLICY_DENY, nil
-	case audit:
-		return nodeconfig.DefaultPolicy_DEFAULT_POLICY_AUDIT, nil
-	}
-	return nodeconfig.DefaultPolicy_DEFAULT_POLICY_UNSPECIFIED,
-		fmt.Errorf("unknown default policy %q (want all-unauthenticated, all-authenticated, cluster-authenticated, cluster-unauthenticated, deny or audit)", s)
-}
+// ParseDefaultPolicy parses a user-facing name such as "cluster-authenticated"; see
+// [nodeconfig.ParseDefaultPolicy].
+func ParseDefaultPolicy(s string) (nodeconfig.DefaultPolicy, error) { return nodeconfig.ParseDefaultPolicy(s) }
 
 // known reports whether p is one of the six policies (not unspecified, not an unknown number).
 func known(p nodeconfig.DefaultPolicy) bool {
