@@ -15,7 +15,9 @@ func (p DefaultPolicy) String() string { return nodeconfig.DefaultPolicy(p).Name
 
 // ParseDefaultPolicy parses a user-facing name such as "cluster-authenticated"; see
 // [nodeconfig.ParseDefaultPolicy].
-func ParseDefaultPolicy(s string) (nodeconfig.DefaultPolicy, error) { return nodeconfig.ParseDefaultPolicy(s) }
+func ParseDefaultPolicy(s string) (nodeconfig.DefaultPolicy, error) {
+	return nodeconfig.ParseDefaultPolicy(s)
+}
 
 // known reports whether p is one of the six policies (not unspecified, not an unknown number).
 func known(p nodeconfig.DefaultPolicy) bool {
