@@ -57,6 +57,10 @@ generate: deps tools
 		--plugin=protoc-gen-go=$(PROTOC_GEN_GO) --go_out=api/nodeconfig --go_opt=paths=source_relative \
 		--plugin=protoc-gen-go-grpc=$(PROTOC_GEN_GO_GRPC) --go-grpc_out=api/nodeconfig --go-grpc_opt=paths=source_relative \
 		api/nodeconfig/nodeconfig.proto api/nodeconfig/push.proto
+	protoc --proto_path=api/caservice \
+		--plugin=protoc-gen-go=$(PROTOC_GEN_GO) --go_out=api/caservice --go_opt=paths=source_relative \
+		--plugin=protoc-gen-go-grpc=$(PROTOC_GEN_GO_GRPC) --go-grpc_out=api/caservice --go-grpc_opt=paths=source_relative \
+		api/caservice/ca.proto
 
 ## generate-check: fail if the committed generated code differs from what generate makes.
 generate-check: generate
