@@ -1,0 +1,180 @@
+// Package controller is Warren's control plane: a controller-runtime manager that watches
+// Namespaces, Pods, Services, EndpointSlices, ServiceAccounts, the policy.warren.dev CRDs, and
+// Gateway API HTTPRoutes, GRPCRoutes and Gateways; translates them (controller/translate) into
+// the node config on every change; pushes it to every ztunnel and waypoint over the config push
+// stream (controller/push); and writes Accepted/ResolvedRefs conditions on the policy resources.
+//
+// cmd/warren-controller imports it; nothing else should.
+package controller
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	"github.com/go-logr/logr"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/manager"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/warren-mesh/warren/api/nodeconfig"
+	policyv1alpha1 "github.com/warren-mesh/warren/api/policy/v1alpha1"
+	"github.com/warren-mesh/warren/controller/push"
+)
+
+// Config of the controller.
+type Config struct {
+	// Rest reaches the API server.
+	Rest *rest.Config
+	// TrustDomain of the mesh; empty means cluster.local.
+	TrustDomain string
+	// Defaults are the install-time mesh defaults (cluster default policy, cluster networks).
+	Defaults *nodeconfig.MeshDefaults
+	// PushAddr is where the config push gRPC service listens (e.g. ":15012"); PushTLS, when set,
+	// serves it over TLS (nil: plaintext, for tests only).
+	PushAddr string
+	PushTLS  *tls.Config
+	// Authenticate checks a push client's bearer token; required. TokenReviewer is the
+	// production implementation.
+	Authenticate func(ctx context.Context, token string) (push.Caller, error)
+	// Registry receives the controller's metrics.
+	Registry *prometheus.Registry
+	Log      *slog.Logger
+}
+
+// Controller is the running control plane.
+type Controller struct {
+	cfg    Config
+	mgr    manager.Manager
+	push   *push.Server
+	grpc   *grpc.Server
+	pushLn net.Listener
+	rec    *meshReconciler
+}
+
+// Scheme returns the scheme of every kind the controller reads.
+func Scheme() (*runtime.Scheme, error) {
+	s := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{clientgoscheme.AddToScheme, policyv1alpha1.AddToScheme, gatewayv1.Install} {
+		if err := add(s); err != nil {
+			return nil, fmt.Errorf("build scheme: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// New builds the manager and binds the push listener.
+func New(cfg Config) (*Controller, error) {
+	if cfg.Rest == nil || cfg.Authenticate == nil || cfg.Registry == nil || cfg.Log == nil {
+		return nil, errors.New("new controller: rest config, authenticator, registry and log are required")
+	}
+	scheme, err := Scheme()
+	if err != nil {
+		return nil, err
+	}
+	mgr, err := ctrl.NewManager(cfg.Rest, manager.Options{
+		Scheme:                 scheme,
+		Logger:                 logr.FromSlogHandler(cfg.Log.Handler()),
+		Metrics:                metricsserver.Options{BindAddress: "0"},
+		HealthProbeBindAddress: "0",
+		// controller-runtime checks controller names against a process-wide list meant for its
+		// global metrics registry, which Warren does not use; several controllers may run in
+		// one process (tests).
+		Controller: ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("new controller: manager: %w (is the API server reachable?)", err)
+	}
+	ps, err := push.New(push.Config{Authenticate: cfg.Authenticate, Log: cfg.Log.With("component", "push"), Registerer: cfg.Registry})
+	if err != nil {
+		return nil, fmt.Errorf("new controller: %w", err)
+	}
+	rec, err := newReconciler(mgr.GetClient(), ps, cfg, cfg.Log.With("component", "translate"))
+	if err != nil {
+		return nil, fmt.Errorf("new controller: %w", err)
+	}
+	if err := registerWatches(mgr, rec); err != nil {
+		return nil, fmt.Errorf("new controller: %w", err)
+	}
+	ln, err := net.Listen("tcp", cfg.PushAddr)
+	if err != nil {
+		return nil, fmt.Errorf("new controller: listen for config push on %s: %w", cfg.PushAddr, err)
+	}
+	opts := []grpc.ServerOption{
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	}
+	if cfg.PushTLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(cfg.PushTLS)))
+	}
+	g := grpc.NewServer(opts...)
+	ps.Register(g)
+	return &Controller{cfg: cfg, mgr: mgr, push: ps, grpc: g, pushLn: ln, rec: rec}, nil
+}
+
+// PushAddr returns the bound push address (for tests that pass ":0").
+func (c *Controller) PushAddr() net.Addr { return c.pushLn.Addr() }
+
+// Push returns the push server (for status and debugging).
+func (c *Controller) Push() *push.Server { return c.push }
+
+// Run runs the manager and the push service until ctx ends.
+func (c *Controller) Run(ctx context.Context) error {
+	errc := make(chan error, 2)
+	go func() { errc <- c.grpc.Serve(c.pushLn) }()
+	go func() { errc <- c.mgr.Start(ctx) }()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	stopped := make(chan struct{})
+	go func() { c.grpc.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		c.grpc.Stop()
+	}
+	return err
+}
+
+// meshKey is the single work item: any change recomputes the whole mesh (translation is a pure
+// function of the cache, fast enough for 10k pods), and the work queue collapses bursts.
+var meshKey = reconcile.Request{}
+
+// registerWatches makes every watched kind enqueue the single mesh key.
+func registerWatches(mgr manager.Manager, rec *meshReconciler) error {
+	all := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
+		return []reconcile.Request{meshKey}
+	})
+	kinds := []client.Object{
+		&corev1.Namespace{}, &corev1.Pod{}, &corev1.Service{}, &discoveryv1.EndpointSlice{}, &corev1.ServiceAccount{},
+		&policyv1alpha1.Server{}, &policyv1alpha1.AuthorizationPolicy{}, &policyv1alpha1.MeshTLSAuthentication{},
+		&policyv1alpha1.NetworkAuthentication{}, &gatewayv1.HTTPRoute{}, &gatewayv1.GRPCRoute{}, &gatewayv1.Gateway{},
+	}
+	bld := builder.ControllerManagedBy(mgr).Named("mesh")
+	for _, k := range kinds {
+		bld = bld.Watches(k, all)
+	}
+	return bld.Complete(rec)
+}

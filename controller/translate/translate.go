@@ -1,0 +1,225 @@
+// Package translate computes Warren's node config from cluster state. It turns Namespaces, Pods,
+// Services, EndpointSlices, the policy.warren.dev resources, Gateway API routes and waypoint
+// Gateways into one mesh-wide [nodeconfig.Snapshot] plus the status conditions of every policy
+// resource ([Translate]), and cuts that snapshot down to what one node's ztunnel needs
+// ([ForNode]).
+//
+// The package is pure and deterministic: no client, no I/O, no clock, no logging. Equal inputs
+// give equal outputs, Snapshot.Version included, whatever the order of the input slices.
+// Translation never fails: an object that cannot be used is dropped, failing closed wherever
+// dropping it could open a port, and the reason lands in Output.Status (policy resources) or
+// Output.Warnings (everything else) for the caller to write, log or emit as events.
+//
+// Outputs share memory with each other (ForNode reuses the mesh snapshot's messages) and must be
+// treated as immutable.
+//
+// The controller imports it to compute what it pushes; the kubectl plugin may import it to
+// explain a decision from objects it read itself. The data plane must not: it depends on
+// k8s.io/*, and consumes only the nodeconfig contract.
+package translate
+
+import (
+	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
+	"slices"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/warren-mesh/warren/api/nodeconfig"
+	policyv1alpha1 "github.com/warren-mesh/warren/api/policy/v1alpha1"
+)
+
+// Labels and annotations Warren reads (MISSION.md, "Fixed names").
+const (
+	// LabelDataplaneMode on a Namespace or Pod: "ambient" joins the mesh, "none" (on a Pod)
+	// opts out of an ambient namespace.
+	LabelDataplaneMode = "warren.dev/dataplane-mode"
+	// LabelUseWaypoint on a Namespace, Service or Pod names the waypoint Gateway (in the same
+	// namespace) that serves it; "none" on a Service or Pod opts out of the namespace's.
+	LabelUseWaypoint = "warren.dev/use-waypoint"
+	// AnnotationDefaultInboundPolicy on a Namespace or Pod overrides the mesh default inbound
+	// policy for ports no Server covers.
+	AnnotationDefaultInboundPolicy = "warren.dev/default-inbound-policy"
+
+	DataplaneModeAmbient = "ambient"
+	DataplaneModeNone    = "none"
+
+	// WaypointClassName is the gatewayClassName of waypoint Gateways.
+	WaypointClassName = "warren-waypoint"
+	// ClusterDomain is the DNS suffix of Service hostnames.
+	ClusterDomain = "cluster.local"
+)
+
+// Kinds of the policy resources that get status conditions, as used in ObjectRef.Kind.
+const (
+	KindServer                = "Server"
+	KindAuthorizationPolicy   = "AuthorizationPolicy"
+	KindMeshTLSAuthentication = "MeshTLSAuthentication"
+	KindNetworkAuthentication = "NetworkAuthentication"
+)
+
+// Condition reasons this package sets in addition to those of api/policy/v1alpha1.
+const (
+	// ReasonConflict: a Server covers a pod port an older Server already covers.
+	ReasonConflict = "Conflict"
+	// ReasonAuthenticationNotFound: a requiredAuthenticationRef names a missing object.
+	ReasonAuthenticationNotFound = "AuthenticationNotFound"
+	// ReasonAuthenticationInvalid: a requiredAuthenticationRef names an object with nothing
+	// usable in it (every identity or network invalid).
+	ReasonAuthenticationInvalid = "AuthenticationInvalid"
+	// ReasonTargetNotAccepted: an AuthorizationPolicy targets a Server that exists but is not
+	// accepted (invalid, or in conflict with an older Server).
+	ReasonTargetNotAccepted = "TargetNotAccepted"
+)
+
+// Input is the cluster state to translate. Slices may be in any order; nothing is modified.
+// Objects are expected to be unique by namespace and name (pods also by uid), as an API server
+// guarantees; of duplicates, the first in namespace/name/uid order wins.
+type Input struct {
+	// TrustDomain of the mesh's SPIFFE IDs; "" means cluster.local.
+	TrustDomain string
+	// Defaults are the install-time defaults (cluster default policy and cluster networks),
+	// copied into the snapshot as they are. Nil means none.
+	Defaults *nodeconfig.MeshDefaults
+
+	Namespaces     []corev1.Namespace
+	Pods           []corev1.Pod
+	Services       []corev1.Service
+	EndpointSlices []discoveryv1.EndpointSlice
+
+	Servers                []policyv1alpha1.Server
+	AuthorizationPolicies  []policyv1alpha1.AuthorizationPolicy
+	MeshTLSAuthentications []policyv1alpha1.MeshTLSAuthentication
+	NetworkAuthentications []policyv1alpha1.NetworkAuthentication
+
+	HTTPRoutes []gatewayv1.HTTPRoute
+	GRPCRoutes []gatewayv1.GRPCRoute
+	Gateways   []gatewayv1.Gateway
+}
+
+// ObjectRef names a policy resource in Output.Status.
+type ObjectRef struct {
+	Kind      string // KindServer, KindAuthorizationPolicy, ...
+	Namespace string
+	Name      string
+}
+
+func (r ObjectRef) String() string { return r.Kind + " " + r.Namespace + "/" + r.Name }
+
+// Output is the result of Translate.
+type Output struct {
+	// Mesh is the mesh-wide snapshot: every workload, service and valid Server, sorted (workloads
+	// by uid, services and servers by namespace/name), with a content hash as Version.
+	Mesh *nodeconfig.Snapshot
+	// Status holds the conditions of every policy resource of the input: Accepted and then
+	// ResolvedRefs, with ObservedGeneration set and LastTransitionTime zero (the caller sets
+	// it, e.g. with meta.SetStatusCondition, which keeps it while the status is unchanged).
+	Status map[ObjectRef][]metav1.Condition
+	// Warnings are problems with objects that have no status to report them in (pods,
+	// namespaces, services, waypoint bindings), sorted and without duplicates. Each names the
+	// object, e.g. `pod default/a: annotation warren.dev/default-inbound-policy: ...`.
+	Warnings []string
+}
+
+// Translate computes the mesh-wide snapshot and the policy status conditions from in.
+func Translate(in *Input) *Output {
+	if in == nil {
+		in = &Input{}
+	}
+	t := newTranslator(in)
+	t.indexNamespaces()
+	t.indexGateways()
+	t.translatePods()
+	t.translateServices()
+	t.translateAuthentications()
+	t.translateServers()
+	t.translateAuthorizations()
+	return t.finish()
+}
+
+// ForNode returns the snapshot the ztunnel on node needs: every workload and service (to route
+// outbound traffic), the defaults, and only the Servers referenced by workloads on node (the
+// destination ztunnel enforces them). Workloads on other nodes lose their servers list, which
+// would otherwise name Servers the node snapshot does not carry. The result shares unchanged
+// messages with mesh; its Version is derived from mesh.Version and node (so it changes with any
+// change to the mesh, even one that leaves this node's content as it was).
+func ForNode(mesh *nodeconfig.Snapshot, node string) *nodeconfig.Snapshot {
+	out := &nodeconfig.Snapshot{
+		TrustDomain: mesh.GetTrustDomain(),
+		Defaults:    mesh.GetDefaults(),
+		Services:    slices.Clip(mesh.GetServices()),
+		Workloads:   make([]*nodeconfig.Workload, 0, len(mesh.GetWorkloads())),
+	}
+	need := make(map[string]bool)
+	for _, w := range mesh.GetWorkloads() {
+		switch {
+		case w.GetNode() == node:
+			for _, s := range w.GetServers() {
+				need[s] = true
+			}
+		case len(w.GetServers()) > 0:
+			w = withoutServers(w)
+		}
+		out.Workloads = append(out.Workloads, w)
+	}
+	for _, s := range mesh.GetServers() {
+		if need[s.GetNamespace()+"/"+s.GetName()] {
+			out.Servers = append(out.Servers, s)
+		}
+	}
+	out.Version = nodeVersion(mesh.GetVersion(), node)
+	return out
+}
+
+// nodeVersion derives a node snapshot's version from the mesh version, which already commits to
+// all of the mesh's content, and the node name: the node snapshot is a function of both, so
+// equal inputs give equal versions and different contents different ones, without marshalling
+// 10,000 workloads once per node.
+func nodeVersion(meshVersion, node string) string {
+	sum := sha256.Sum256([]byte("node\x00" + node + "\x00" + meshVersion))
+	return hex.EncodeToString(sum[:16])
+}
+
+func withoutServers(w *nodeconfig.Workload) *nodeconfig.Workload {
+	return &nodeconfig.Workload{
+		Uid:                  w.GetUid(),
+		Name:                 w.GetName(),
+		Namespace:            w.GetNamespace(),
+		ServiceAccount:       w.GetServiceAccount(),
+		Addresses:            w.GetAddresses(),
+		Node:                 w.GetNode(),
+		Ports:                w.GetPorts(),
+		TunnelProtocol:       w.GetTunnelProtocol(),
+		Waypoint:             w.GetWaypoint(),
+		DefaultInboundPolicy: w.GetDefaultInboundPolicy(),
+		Ready:                w.GetReady(),
+		ProbePorts:           w.GetProbePorts(),
+	}
+}
+
+// version hashes the deterministic wire form of s (whose Version must be empty).
+func version(s *nodeconfig.Snapshot) string {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(s)
+	if err != nil {
+		// Marshalling only fails on invalid UTF-8, which Kubernetes object names and our
+		// own strings cannot contain; hash nothing rather than fail.
+		b = nil
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
+}
+
+// nsName is a namespaced name, used as a map key.
+type nsName struct{ ns, name string }
+
+func (n nsName) String() string { return n.ns + "/" + n.name }
+
+func compareObjects(a, b *metav1.ObjectMeta) int {
+	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name), cmp.Compare(a.UID, b.UID))
+}
