@@ -267,11 +267,14 @@ type Snapshot struct {
 	// Version is opaque to consumers; the producer makes it unique per content.
 	Version string `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
 	// TrustDomain of the mesh's SPIFFE IDs. Empty means "cluster.local".
-	TrustDomain   string        `protobuf:"bytes,2,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
-	Workloads     []*Workload   `protobuf:"bytes,3,rep,name=workloads,proto3" json:"workloads,omitempty"`
-	Services      []*Service    `protobuf:"bytes,4,rep,name=services,proto3" json:"services,omitempty"`
-	Servers       []*Server     `protobuf:"bytes,5,rep,name=servers,proto3" json:"servers,omitempty"`
-	Defaults      *MeshDefaults `protobuf:"bytes,6,opt,name=defaults,proto3" json:"defaults,omitempty"`
+	TrustDomain string        `protobuf:"bytes,2,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	Workloads   []*Workload   `protobuf:"bytes,3,rep,name=workloads,proto3" json:"workloads,omitempty"`
+	Services    []*Service    `protobuf:"bytes,4,rep,name=services,proto3" json:"services,omitempty"`
+	Servers     []*Server     `protobuf:"bytes,5,rep,name=servers,proto3" json:"servers,omitempty"`
+	Defaults    *MeshDefaults `protobuf:"bytes,6,opt,name=defaults,proto3" json:"defaults,omitempty"`
+	// TrustBundle is the PEM of every trusted root of the trust domain; two during a root
+	// rotation. Empty in standalone mode, where the ztunnel's own CA is the only root.
+	TrustBundle   string `protobuf:"bytes,7,opt,name=trust_bundle,json=trustBundle,proto3" json:"trust_bundle,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -346,6 +349,13 @@ func (x *Snapshot) GetDefaults() *MeshDefaults {
 		return x.Defaults
 	}
 	return nil
+}
+
+func (x *Snapshot) GetTrustBundle() string {
+	if x != nil {
+		return x.TrustBundle
+	}
+	return ""
 }
 
 // MeshDefaults are the install-time defaults.
@@ -1237,14 +1247,15 @@ var File_nodeconfig_proto protoreflect.FileDescriptor
 
 const file_nodeconfig_proto_rawDesc = "" +
 	"\n" +
-	"\x10nodeconfig.proto\x12\x14warren.nodeconfig.v1\"\xb8\x02\n" +
+	"\x10nodeconfig.proto\x12\x14warren.nodeconfig.v1\"\xdb\x02\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12<\n" +
 	"\tworkloads\x18\x03 \x03(\v2\x1e.warren.nodeconfig.v1.WorkloadR\tworkloads\x129\n" +
 	"\bservices\x18\x04 \x03(\v2\x1d.warren.nodeconfig.v1.ServiceR\bservices\x126\n" +
 	"\aservers\x18\x05 \x03(\v2\x1c.warren.nodeconfig.v1.ServerR\aservers\x12>\n" +
-	"\bdefaults\x18\x06 \x01(\v2\".warren.nodeconfig.v1.MeshDefaultsR\bdefaults\"\x94\x01\n" +
+	"\bdefaults\x18\x06 \x01(\v2\".warren.nodeconfig.v1.MeshDefaultsR\bdefaults\x12!\n" +
+	"\ftrust_bundle\x18\a \x01(\tR\vtrustBundle\"\x94\x01\n" +
 	"\fMeshDefaults\x12Y\n" +
 	"\x16default_inbound_policy\x18\x01 \x01(\x0e2#.warren.nodeconfig.v1.DefaultPolicyR\x14defaultInboundPolicy\x12)\n" +
 	"\x10cluster_networks\x18\x02 \x03(\tR\x0fclusterNetworks\"\xa0\x04\n" +

@@ -52,6 +52,7 @@ func Relevant(mesh *nodeconfig.Snapshot, node string) *nodeconfig.Snapshot {
 		Version:     mesh.GetVersion(),
 		TrustDomain: mesh.GetTrustDomain(),
 		Defaults:    mesh.GetDefaults(),
+		TrustBundle: mesh.GetTrustBundle(),
 		Services:    mesh.GetServices(),
 	}
 	want := make(map[string]bool)
@@ -330,7 +331,7 @@ func (st *meshState) next(mesh *nodeconfig.Snapshot) (*meshState, delta) {
 		}
 	}
 
-	mc := &nodeconfig.MeshConfig{TrustDomain: mesh.GetTrustDomain(), Defaults: mesh.GetDefaults()}
+	mc := &nodeconfig.MeshConfig{TrustDomain: mesh.GetTrustDomain(), Defaults: mesh.GetDefaults(), TrustBundle: mesh.GetTrustBundle()}
 	if st.mesh != nil && proto.Equal(st.mesh.GetMesh(), mc) {
 		ns.mesh = st.mesh
 	} else {

@@ -10,7 +10,7 @@ import (
 
 // finish resolves address collisions, sorts everything and computes the version.
 func (t *translator) finish() *Output {
-	mesh := &nodeconfig.Snapshot{TrustDomain: t.td}
+	mesh := &nodeconfig.Snapshot{TrustDomain: t.td, TrustBundle: t.in.TrustBundle}
 	if t.in.Defaults != nil {
 		mesh.Defaults = cloneDefaults(t.in.Defaults)
 	}

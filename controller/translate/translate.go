@@ -87,6 +87,8 @@ type Input struct {
 	// Defaults are the install-time defaults (cluster default policy and cluster networks),
 	// copied into the snapshot as they are. Nil means none.
 	Defaults *nodeconfig.MeshDefaults
+	// TrustBundle is the PEM of the trusted roots, copied into the snapshot.
+	TrustBundle string
 
 	Namespaces     []corev1.Namespace
 	Pods           []corev1.Pod
@@ -153,6 +155,7 @@ func ForNode(mesh *nodeconfig.Snapshot, node string) *nodeconfig.Snapshot {
 	out := &nodeconfig.Snapshot{
 		TrustDomain: mesh.GetTrustDomain(),
 		Defaults:    mesh.GetDefaults(),
+		TrustBundle: mesh.GetTrustBundle(),
 		Services:    slices.Clip(mesh.GetServices()),
 		Workloads:   make([]*nodeconfig.Workload, 0, len(mesh.GetWorkloads())),
 	}

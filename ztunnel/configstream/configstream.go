@@ -357,6 +357,7 @@ func assemble(version string, res []*nodeconfig.Resource) (*nodeconfig.Snapshot,
 			}
 			snap.TrustDomain = k.Mesh.GetTrustDomain()
 			snap.Defaults = k.Mesh.GetDefaults()
+			snap.TrustBundle = k.Mesh.GetTrustBundle()
 		default:
 			return nil, fmt.Errorf("apply config: resource %s is empty or of an unknown kind (is the controller newer than this ztunnel?)", name)
 		}

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/warren-mesh/warren/api/nodeconfig"
@@ -23,6 +24,7 @@ type View struct {
 	snap        *nodeconfig.Snapshot
 	trustDomain spiffeid.TrustDomain
 	engine      *authz.Engine
+	bundle      *x509bundle.Bundle // nil when the snapshot carries none
 
 	workloadsByAddr map[netip.Addr]*nodeconfig.Workload
 	workloadsByUID  map[string]*nodeconfig.Workload
@@ -52,10 +54,17 @@ func Build(s *nodeconfig.Snapshot) (*View, error) {
 	if err != nil {
 		return nil, err
 	}
+	var bundle *x509bundle.Bundle
+	if pem := s.GetTrustBundle(); pem != "" {
+		if bundle, err = x509bundle.Parse(td, []byte(pem)); err != nil {
+			return nil, fmt.Errorf("build state: trust bundle: %w", err)
+		}
+	}
 	v := &View{
 		snap:            s,
 		trustDomain:     td,
 		engine:          engine,
+		bundle:          bundle,
 		workloadsByAddr: make(map[netip.Addr]*nodeconfig.Workload, len(s.GetWorkloads())),
 		workloadsByUID:  make(map[string]*nodeconfig.Workload, len(s.GetWorkloads())),
 		servicesByAddr:  make(map[netip.Addr]*service, len(s.GetServices())),
@@ -83,6 +92,9 @@ func (v *View) Version() string { return v.snap.GetVersion() }
 
 // TrustDomain returns the mesh's trust domain.
 func (v *View) TrustDomain() spiffeid.TrustDomain { return v.trustDomain }
+
+// Bundle returns the snapshot's trust bundle, or nil if it carries none.
+func (v *View) Bundle() *x509bundle.Bundle { return v.bundle }
 
 // Authz returns the compiled authorization engine.
 func (v *View) Authz() *authz.Engine { return v.engine }
@@ -197,6 +209,31 @@ func addrFor(w *nodeconfig.Workload, like netip.Addr) (netip.Addr, bool) {
 		}
 	}
 	return first, first.IsValid()
+}
+
+// BundleSource serves the trust bundle of the store's current view, so TLS handshakes pick up a
+// root rotation with the next config; until a view carries a bundle it serves fallback (nil:
+// none).
+func BundleSource(s *Store, fallback x509bundle.Source) x509bundle.Source {
+	return bundleSource{s, fallback}
+}
+
+type bundleSource struct {
+	s        *Store
+	fallback x509bundle.Source
+}
+
+func (b bundleSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	if v := b.s.Load(); v != nil && v.bundle != nil {
+		if v.bundle.TrustDomain() == td {
+			return v.bundle, nil
+		}
+		return nil, fmt.Errorf("no trust bundle for trust domain %q (the mesh is %q)", td, v.bundle.TrustDomain())
+	}
+	if b.fallback != nil {
+		return b.fallback.GetX509BundleForTrustDomain(td)
+	}
+	return nil, fmt.Errorf("no trust bundle for trust domain %q yet (no config from the controller)", td)
 }
 
 // Store holds the current View and tells subscribers when it changes.

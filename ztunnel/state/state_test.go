@@ -6,8 +6,11 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/warren-mesh/warren/api/nodeconfig"
+	"github.com/warren-mesh/warren/ca/catest"
 	"github.com/warren-mesh/warren/ztunnel/state"
 )
 
@@ -123,4 +126,41 @@ func TestStoreSubscribe(t *testing.T) {
 	if s.Load() != v1 {
 		t.Error("Load after the last Swap is not the last view")
 	}
+}
+
+func TestTrustBundle(t *testing.T) {
+	c := catest.New(t, "cluster.local")
+	s := snapshot()
+	s.TrustBundle = pemOf(t, c.Bundle())
+	v, err := state.Build(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fallback := catest.New(t, "cluster.local").Bundle()
+	store := state.NewStore(nil)
+	src := state.BundleSource(store, fallback)
+	td := spiffeid.RequireTrustDomainFromString("cluster.local")
+	if b, err := src.GetX509BundleForTrustDomain(td); err != nil || !b.Equal(fallback) {
+		t.Errorf("before any config the source serves %v, %v; want the fallback", b, err)
+	}
+	store.Swap(v)
+	if b, err := src.GetX509BundleForTrustDomain(td); err != nil || !b.Equal(c.Bundle()) {
+		t.Errorf("with a config the source serves %v, %v; want the pushed bundle", b, err)
+	}
+	if _, err := src.GetX509BundleForTrustDomain(spiffeid.RequireTrustDomainFromString("other.local")); err == nil {
+		t.Error("the source served a bundle for another trust domain")
+	}
+	s.TrustBundle = "-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n"
+	if _, err := state.Build(s); err == nil || !strings.Contains(err.Error(), "trust bundle") {
+		t.Errorf("Build with a broken bundle = %v; want a trust bundle error", err)
+	}
+}
+
+func pemOf(t testing.TB, b *x509bundle.Bundle) string {
+	t.Helper()
+	raw, err := b.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(raw)
 }
