@@ -3,12 +3,13 @@
 // self-generated root or by a user-supplied intermediate (for example one
 // issued by cert-manager).
 //
-// The package only signs. It does not authenticate callers (the CSR
-// service decides who may ask for which identity), does not store keys
-// (Kubernetes Secret storage is a separate layer) and does not log. It may
-// be imported by the controller, by cmd/ binaries and by ztunnel packages
-// that run a CA in-process (standalone mode and tests); see ca/catest for a
-// test CA.
+// The package only signs. It does not authenticate callers, store keys or
+// log, and it imports nothing from Kubernetes, so the data plane may use it:
+// the CSR service (TokenReview and pod checks) and the Secret storage of the
+// root live in ca/kubeca, which only the controller imports. This package
+// may be imported by the controller, by cmd/ binaries and by ztunnel
+// packages that run a CA in-process (standalone mode and tests); see
+// ca/catest for a test CA.
 //
 // Chains returned by [CA.Sign] hold the leaf followed by the intermediates
 // up to, but excluding, the root. The root is the trust anchor and is
@@ -28,10 +29,12 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/asn1"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -79,6 +82,13 @@ type Config struct {
 	// trust anchor returned by Root and Bundle.
 	Chain []*x509.Certificate
 
+	// ExtraRoots are trusted in addition to the root but never sign: the
+	// previous root while workloads still hold certificates from it, or the
+	// next root before the switch, so a root rotation has two roots trusted
+	// at once. They go into Bundle after the root. Each must be a CA
+	// certificate; duplicates of the root are dropped.
+	ExtraRoots []*x509.Certificate
+
 	// DefaultTTL is used when Sign is called with ttl 0. Default: DefaultTTL.
 	DefaultTTL time.Duration
 	// MaxTTL caps requested lifetimes. Default: DefaultMaxTTL.
@@ -95,7 +105,8 @@ type CA struct {
 	cert           *x509.Certificate
 	intermediates  []*x509.Certificate // returned after the leaf: cert (if not the root) and Chain minus the root
 	root           *x509.Certificate
-	notAfter       time.Time // the earliest NotAfter along the signing chain
+	extraRoots     []*x509.Certificate // trusted, never signing; see Config.ExtraRoots
+	notAfter       time.Time           // the earliest NotAfter along the signing chain
 	authorityKeyID []byte
 	defaultTTL     time.Duration
 	maxTTL         time.Duration
@@ -146,7 +157,27 @@ func New(cfg Config) (*CA, error) {
 	if err := c.setChain(cfg.Chain); err != nil {
 		return nil, fmt.Errorf("new ca: %w", err)
 	}
+	if err := c.setExtraRoots(cfg.ExtraRoots); err != nil {
+		return nil, fmt.Errorf("new ca: %w", err)
+	}
 	return c, nil
+}
+
+// setExtraRoots validates and deduplicates the extra trust anchors.
+func (c *CA) setExtraRoots(roots []*x509.Certificate) error {
+	for i, r := range roots {
+		switch {
+		case r == nil:
+			return fmt.Errorf("extra root %d is nil", i)
+		case !r.BasicConstraintsValid || !r.IsCA:
+			return fmt.Errorf("extra root %q is not a CA certificate (basic constraints CA=false)", r.Subject)
+		}
+		if r.Equal(c.root) || slices.ContainsFunc(c.extraRoots, r.Equal) {
+			continue
+		}
+		c.extraRoots = append(c.extraRoots, r)
+	}
+	return nil
 }
 
 // setChain validates the signing certificate and its chain and fills the
@@ -240,6 +271,16 @@ func keyID(spkiDER []byte) ([]byte, error) {
 	return sum[:], nil
 }
 
+// NewRoot generates a self-signed ECDSA P-256 root for td, valid from now
+// (minus ClockSkew) for RootTTL: the root New makes when Config has no
+// signer, for callers that must store the key (see ca/kubeca).
+func NewRoot(td spiffeid.TrustDomain, now time.Time) (crypto.Signer, *x509.Certificate, error) {
+	if td.IsZero() {
+		return nil, nil, errors.New("new root: empty trust domain")
+	}
+	return generateRoot(td, now)
+}
+
 func generateRoot(td spiffeid.TrustDomain, now time.Time) (crypto.Signer, *x509.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -290,10 +331,25 @@ func (c *CA) TrustDomain() spiffeid.TrustDomain { return c.td }
 // not modify it.
 func (c *CA) Root() *x509.Certificate { return c.root }
 
-// Bundle returns a fresh trust bundle holding the root, for the CA's trust
-// domain. Each call returns a new bundle; callers may modify it.
+// Bundle returns a fresh trust bundle holding the root followed by
+// Config.ExtraRoots, for the CA's trust domain. Each call returns a new
+// bundle; callers may modify it.
 func (c *CA) Bundle() *x509bundle.Bundle {
-	return x509bundle.FromX509Authorities(c.td, []*x509.Certificate{c.root})
+	roots := make([]*x509.Certificate, 0, 1+len(c.extraRoots))
+	roots = append(roots, c.root)
+	return x509bundle.FromX509Authorities(c.td, append(roots, c.extraRoots...))
+}
+
+// BundlePEM encodes the X.509 authorities of b as concatenated PEM
+// CERTIFICATE blocks, in the bundle's order: the form of a Secret's ca.crt
+// and of the trust bundle in the config push. x509bundle.Parse reads it back.
+func BundlePEM(b *x509bundle.Bundle) string {
+	var buf bytes.Buffer
+	for _, c := range b.X509Authorities() {
+		// Encoding to a bytes.Buffer cannot fail.
+		_ = pem.Encode(&buf, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	}
+	return buf.String()
 }
 
 // NotAfter returns the latest NotAfter a leaf can get: the earliest expiry
@@ -342,23 +398,23 @@ func (c *CA) sign(ctx context.Context, id spiffeid.ID, csrDER []byte, ttl time.D
 	}
 	csr, err := x509.ParseCertificateRequest(csrDER)
 	if err != nil {
-		return nil, fmt.Errorf("parse csr (not a DER-encoded PKCS #10 request?): %w", err)
+		return nil, csrError{fmt.Errorf("parse csr (not a DER-encoded PKCS #10 request?): %w", err)}
 	}
 	if err := csr.CheckSignature(); err != nil {
-		return nil, fmt.Errorf("csr signature does not verify (corrupted, or not signed by its own key): %w", err)
+		return nil, csrError{fmt.Errorf("csr signature does not verify (corrupted, or not signed by its own key): %w", err)}
 	}
 	pub, ok := csr.PublicKey.(*ecdsa.PublicKey)
 	if !ok {
-		return nil, fmt.Errorf("csr key is %s, want ECDSA P-256", csr.PublicKeyAlgorithm)
+		return nil, csrError{fmt.Errorf("csr key is %s, want ECDSA P-256", csr.PublicKeyAlgorithm)}
 	}
 	if pub.Curve != elliptic.P256() {
-		return nil, fmt.Errorf("csr key is ECDSA %s, want ECDSA P-256", pub.Curve.Params().Name)
+		return nil, csrError{fmt.Errorf("csr key is ECDSA %s, want ECDSA P-256", pub.Curve.Params().Name)}
 	}
 	switch {
 	case len(csr.URIs) > 1:
-		return nil, fmt.Errorf("csr carries %d uri sans %s (want none or the requested id)", len(csr.URIs), joinURIs(csr.URIs))
+		return nil, csrError{fmt.Errorf("csr carries %d uri sans %s (want none or the requested id)", len(csr.URIs), joinURIs(csr.URIs))}
 	case len(csr.URIs) == 1 && csr.URIs[0].String() != id.String():
-		return nil, fmt.Errorf("csr carries uri san %s (want none or the requested id)", csr.URIs[0])
+		return nil, csrError{fmt.Errorf("csr carries uri san %s (want none or the requested id)", csr.URIs[0])}
 	}
 
 	now := c.now()
@@ -402,6 +458,19 @@ func joinURIs(us []*url.URL) string {
 	}
 	return strings.Join(s, ", ")
 }
+
+// ErrInvalidCSR matches errors of [CA.Sign] caused by the CSR's content (not
+// a PKCS #10 request, a bad signature, a key other than ECDSA P-256, URI SANs
+// other than the requested id), as opposed to errors of the CA itself. A CSR
+// service answers these with "invalid argument".
+var ErrInvalidCSR = errors.New("invalid csr")
+
+// csrError marks err as caused by the CSR; its message is err's.
+type csrError struct{ err error }
+
+func (e csrError) Error() string        { return e.err.Error() }
+func (e csrError) Unwrap() error        { return e.err }
+func (e csrError) Is(target error) bool { return target == ErrInvalidCSR }
 
 // Signer returns c as a signer with a fixed ttl, the shape that
 // ztunnel/identity.Signer expects in standalone mode and tests.

@@ -39,6 +39,8 @@ import (
 
 	"github.com/warren-mesh/warren/api/nodeconfig"
 	policyv1alpha1 "github.com/warren-mesh/warren/api/policy/v1alpha1"
+	"github.com/warren-mesh/warren/ca"
+	"github.com/warren-mesh/warren/ca/kubeca"
 	"github.com/warren-mesh/warren/controller/push"
 )
 
@@ -57,6 +59,14 @@ type Config struct {
 	// Authenticate checks a push client's bearer token; required. TokenReviewer is the
 	// production implementation.
 	Authenticate func(ctx context.Context, token string) (push.Caller, error)
+	// CA, when set, signs workload certificates: the CSR service (ca/kubeca) listens on CAAddr
+	// with CATLS, and the CA's trust bundle goes into every node config. CAService carries the
+	// service's policy (audience, trusted accounts, TTL cap); the controller fills in its
+	// clients, log and registry.
+	CA        *ca.CA
+	CAAddr    string
+	CATLS     *tls.Config
+	CAService kubeca.ServiceConfig
 	// Registry receives the controller's metrics.
 	Registry *prometheus.Registry
 	Log      *slog.Logger
@@ -69,6 +79,8 @@ type Controller struct {
 	push   *push.Server
 	grpc   *grpc.Server
 	pushLn net.Listener
+	caGRPC *grpc.Server
+	caLn   net.Listener
 	rec    *meshReconciler
 }
 
@@ -129,7 +141,52 @@ func New(cfg Config) (*Controller, error) {
 	}
 	g := grpc.NewServer(opts...)
 	ps.Register(g)
-	return &Controller{cfg: cfg, mgr: mgr, push: ps, grpc: g, pushLn: ln, rec: rec}, nil
+	c := &Controller{cfg: cfg, mgr: mgr, push: ps, grpc: g, pushLn: ln, rec: rec}
+	if cfg.CA != nil {
+		if err := c.newCAService(scheme); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("new controller: %w", err)
+		}
+	}
+	return c, nil
+}
+
+// newCAService builds the CSR service on its own port.
+func (c *Controller) newCAService(scheme *runtime.Scheme) error {
+	if err := kubeca.IndexPodNodeName(context.Background(), c.mgr.GetFieldIndexer()); err != nil {
+		return fmt.Errorf("ca service: %w", err)
+	}
+	direct, err := client.New(c.cfg.Rest, client.Options{Scheme: scheme})
+	if err != nil {
+		return fmt.Errorf("ca service: kubernetes client: %w", err)
+	}
+	sc := c.cfg.CAService
+	sc.CA, sc.Reader, sc.Reviewer = c.cfg.CA, c.mgr.GetClient(), direct
+	sc.Log, sc.Registerer = c.cfg.Log.With("component", "ca"), c.cfg.Registry
+	svc, err := kubeca.NewService(sc)
+	if err != nil {
+		return fmt.Errorf("ca service: %w", err)
+	}
+	ln, err := net.Listen("tcp", c.cfg.CAAddr)
+	if err != nil {
+		return fmt.Errorf("ca service: listen on %s: %w", c.cfg.CAAddr, err)
+	}
+	opts := []grpc.ServerOption{grpc.MaxRecvMsgSize(kubeca.MaxRequestBytes)}
+	if c.cfg.CATLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(c.cfg.CATLS)))
+	}
+	c.caGRPC = grpc.NewServer(opts...)
+	svc.Register(c.caGRPC)
+	c.caLn = ln
+	return nil
+}
+
+// CAAddr returns the bound CSR service address, or nil without a CA.
+func (c *Controller) CAAddr() net.Addr {
+	if c.caLn == nil {
+		return nil
+	}
+	return c.caLn.Addr()
 }
 
 // PushAddr returns the bound push address (for tests that pass ":0").
@@ -140,8 +197,12 @@ func (c *Controller) Push() *push.Server { return c.push }
 
 // Run runs the manager and the push service until ctx ends.
 func (c *Controller) Run(ctx context.Context) error {
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- c.grpc.Serve(c.pushLn) }()
+	if c.caGRPC != nil {
+		go func() { errc <- c.caGRPC.Serve(c.caLn) }()
+		defer c.caGRPC.Stop()
+	}
 	go func() { errc <- c.mgr.Start(ctx) }()
 	var err error
 	select {

@@ -19,6 +19,7 @@ import (
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	policyv1alpha1 "github.com/warren-mesh/warren/api/policy/v1alpha1"
+	"github.com/warren-mesh/warren/ca"
 	"github.com/warren-mesh/warren/controller/push"
 	"github.com/warren-mesh/warren/controller/translate"
 )
@@ -89,6 +90,9 @@ func (r *meshReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 // input lists every watched kind from the cache.
 func (r *meshReconciler) input(ctx context.Context) (*translate.Input, error) {
 	in := &translate.Input{TrustDomain: r.cfg.TrustDomain, Defaults: r.cfg.Defaults}
+	if r.cfg.CA != nil {
+		in.TrustBundle = ca.BundlePEM(r.cfg.CA.Bundle())
+	}
 	var (
 		nss  corev1.NamespaceList
 		pods corev1.PodList

@@ -22,12 +22,20 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	"github.com/warren-mesh/warren/api/nodeconfig"
+	"github.com/warren-mesh/warren/ca"
+	"github.com/warren-mesh/warren/ca/kubeca"
 	"github.com/warren-mesh/warren/controller"
+	"github.com/warren-mesh/warren/ztunnel/identity"
 )
 
 func main() {
@@ -46,8 +54,14 @@ type options struct {
 	defaultPolicy   string
 	clusterNetworks string
 	pushAddr        string
-	pushCert        string
-	pushKey         string
+	caAddr          string
+	namespace       string
+	serviceAccount  string
+	caSecret        string
+	caIntermediate  string
+	certTTL         time.Duration
+	caMaxTTL        time.Duration
+	plaintext       bool
 	metricsAddr     string
 	audience        string
 	ztunnels        string
@@ -64,8 +78,14 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.defaultPolicy, "default-inbound-policy", nodeconfig.PolicyAllUnauthenticated, "cluster default inbound policy for ports without a Server")
 	fs.StringVar(&o.clusterNetworks, "cluster-networks", "", "comma-separated CIDRs that count as the cluster (default 10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8)")
 	fs.StringVar(&o.pushAddr, "push-addr", ":15012", "config push gRPC address")
-	fs.StringVar(&o.pushCert, "push-tls-cert", "", "PEM certificate chain for the push service; empty serves plaintext (development only)")
-	fs.StringVar(&o.pushKey, "push-tls-key", "", "PEM private key for the push service")
+	fs.StringVar(&o.caAddr, "ca-addr", ":15013", "CSR signing service address")
+	fs.StringVar(&o.namespace, "namespace", envOr("POD_NAMESPACE", "warren-system"), "the controller's namespace (default $POD_NAMESPACE, else warren-system)")
+	fs.StringVar(&o.serviceAccount, "service-account", "warren-controller", "the controller's ServiceAccount: its SPIFFE ID is the identity ztunnels verify")
+	fs.StringVar(&o.caSecret, "ca-secret", kubeca.DefaultRootSecret, "Secret (in --namespace) holding the root CA; created on first start")
+	fs.StringVar(&o.caIntermediate, "ca-intermediate-secret", "", "namespace/name of a kubernetes.io/tls Secret with an intermediate CA to sign with instead (cert-manager layout)")
+	fs.DurationVar(&o.certTTL, "workload-cert-ttl", 24*time.Hour, "default lifetime of workload certificates")
+	fs.DurationVar(&o.caMaxTTL, "ca-max-ttl", 0, "longest lifetime a node agent may ask for (0: the CA's cap of 7 days)")
+	fs.BoolVar(&o.plaintext, "plaintext", false, "serve push and CSR without TLS (development only)")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", ":15014", "Prometheus metrics address")
 	fs.StringVar(&o.audience, "token-audience", "warren-ca", "audience of the ztunnels' projected ServiceAccount tokens")
 	fs.StringVar(&o.ztunnels, "ztunnel-service-accounts", "warren-system/warren-ztunnel", "comma-separated namespace/name of the ztunnels' ServiceAccounts")
@@ -74,13 +94,38 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
-	if (o.pushCert == "") != (o.pushKey == "") {
-		return o, errors.New("--push-tls-cert and --push-tls-key go together")
+	if o.caIntermediate != "" && !strings.Contains(o.caIntermediate, "/") {
+		return o, errors.New("--ca-intermediate-secret: want namespace/name")
 	}
 	if _, err := nodeconfig.ParseDefaultPolicy(o.defaultPolicy); err != nil {
 		return o, fmt.Errorf("--default-inbound-policy: %w", err)
 	}
 	return o, nil
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// rootConfigMap is where node agents find the roots to verify the controller with, before they
+// have any config (mounted into the ztunnel as /var/run/secrets/warren/ca.crt).
+const rootConfigMap = "warren-ca-root"
+
+// publishRoots writes the CA's trust bundle into the root ConfigMap of the controller's
+// namespace.
+func publishRoots(ctx context.Context, c client.Client, namespace string, authority *ca.CA) error {
+	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: rootConfigMap, Namespace: namespace}}
+	_, err := controllerutil.CreateOrUpdate(ctx, c, cm, func() error {
+		cm.Data = map[string]string{"ca.crt": ca.BundlePEM(authority.Bundle())}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("publish roots to configmap %s/%s: %w", namespace, rootConfigMap, err)
+	}
+	return nil
 }
 
 func splitList(s string) []string {
@@ -114,16 +159,6 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("kubernetes client config: %w", err)
 	}
 	policy, _ := nodeconfig.ParseDefaultPolicy(o.defaultPolicy)
-	var pushTLS *tls.Config
-	if o.pushCert != "" {
-		cert, err := tls.LoadX509KeyPair(o.pushCert, o.pushKey)
-		if err != nil {
-			return fmt.Errorf("push tls: %w", err)
-		}
-		pushTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}
-	} else {
-		log.Warn("config push served without TLS (--push-tls-cert unset): use only for development")
-	}
 	scheme, err := controller.Scheme()
 	if err != nil {
 		return err
@@ -131,6 +166,44 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	kc, err := client.New(rc, client.Options{Scheme: scheme})
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	td, err := spiffeid.TrustDomainFromString(o.trustDomain)
+	if err != nil {
+		return fmt.Errorf("--trust-domain: %w", err)
+	}
+	caCfg := ca.Config{TrustDomain: td, DefaultTTL: o.certTTL}
+	var authority *ca.CA
+	if o.caIntermediate != "" {
+		ns, name, _ := strings.Cut(o.caIntermediate, "/")
+		authority, err = kubeca.LoadIntermediate(ctx, kc, ns, name, caCfg)
+	} else {
+		authority, err = kubeca.LoadOrCreate(ctx, kc, o.namespace, o.caSecret, caCfg)
+	}
+	if err != nil {
+		return err
+	}
+	if err := publishRoots(ctx, kc, o.namespace, authority); err != nil {
+		return err
+	}
+	// The controller's own serving certificate comes from its CA and rotates like a workload's.
+	ids, err := identity.New(identity.Config{Signer: authority.Signer(0), TrustDomain: td})
+	if err != nil {
+		return err
+	}
+	go ids.Run(ctx)
+	selfID, err := spiffeid.FromSegments(td, "ns", o.namespace, "sa", o.serviceAccount)
+	if err != nil {
+		return fmt.Errorf("controller identity: %w", err)
+	}
+	if _, err := ids.SVID(ctx, selfID); err != nil {
+		return fmt.Errorf("controller serving certificate: %w", err)
+	}
+	var serverTLS *tls.Config
+	if o.plaintext {
+		log.Warn("config push and CSR service without TLS (--plaintext): use only for development")
+	} else {
+		serverTLS = tlsconfig.TLSServerConfig(ids.Source(selfID))
+		serverTLS.MinVersion = tls.VersionTLS13
 	}
 	reviewer := &controller.TokenReviewer{Client: kc, Audience: o.audience, Ztunnels: splitList(o.ztunnels), Waypoints: splitList(o.waypoints)}
 
@@ -144,10 +217,16 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			ClusterNetworks:      splitList(o.clusterNetworks),
 		},
 		PushAddr:     o.pushAddr,
-		PushTLS:      pushTLS,
+		PushTLS:      serverTLS,
 		Authenticate: reviewer.Authenticate,
-		Registry:     reg,
-		Log:          log,
+		CA:           authority,
+		CAAddr:       o.caAddr,
+		CATLS:        serverTLS,
+		CAService: kubeca.ServiceConfig{
+			Audience: o.audience, Ztunnels: splitList(o.ztunnels), Waypoints: splitList(o.waypoints), MaxTTL: o.caMaxTTL,
+		},
+		Registry: reg,
+		Log:      log,
 	})
 	if err != nil {
 		return err
@@ -165,6 +244,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		}()
 		defer srv.Close()
 	}
-	log.Info("warren-controller started", "push", c.PushAddr().String(), "trust_domain", o.trustDomain)
+	log.Info("warren-controller started", "push", c.PushAddr().String(), "ca", c.CAAddr().String(),
+		"trust_domain", o.trustDomain, "identity", selfID.String(), "root_expires", authority.Root().NotAfter)
 	return c.Run(ctx)
 }

@@ -1,13 +1,18 @@
-// Command warren-ztunnel is Warren's per-node proxy. In standalone mode it reads the node config
-// from a file (the same contract the controller pushes), enrolls this node's meshed workloads by
-// binding their listeners on their addresses, and signs their certificates with a local CA whose
-// root is read from files. The file is re-read when it changes; a bad file keeps the last good
-// config.
+// Command warren-ztunnel is Warren's per-node proxy.
+//
+// With --controller it subscribes to warren-controller's config push and gets workload
+// certificates from its CSR service (--ca-addr), authenticated with the pod's projected
+// ServiceAccount token and verifying the controller's SPIFFE ID against the roots in
+// --ca-root-file. In standalone mode (--config) it reads the node config from a file (the same
+// contract the controller pushes; re-read when it changes, a bad file keeps the last good config)
+// and signs certificates with a local CA read from files. Either way it enrolls this node's
+// meshed workloads by binding their listeners on their addresses.
 package main
 
 import (
 	"context"
 	"crypto"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -24,11 +29,14 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
 	"github.com/warren-mesh/warren/api/nodeconfig"
 	"github.com/warren-mesh/warren/ca"
 	"github.com/warren-mesh/warren/ztunnel"
+	"github.com/warren-mesh/warren/ztunnel/configstream"
 	"github.com/warren-mesh/warren/ztunnel/identity"
 	"github.com/warren-mesh/warren/ztunnel/sockets"
 	"github.com/warren-mesh/warren/ztunnel/state"
@@ -45,6 +53,13 @@ func main() {
 }
 
 type options struct {
+	controller   string
+	caAddr       string
+	caRootFile   string
+	tokenFile    string
+	controllerID string
+	trustDomain  string
+	plaintext    bool
 	configFile   string
 	node         string
 	caCert       string
@@ -62,7 +77,14 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	var o options
 	fs := flag.NewFlagSet("warren-ztunnel", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&o.configFile, "config", "", "node config file (YAML or JSON, api/nodeconfig Snapshot); required in standalone mode")
+	fs.StringVar(&o.controller, "controller", "", "warren-controller's config push address (host:port); empty: standalone mode")
+	fs.StringVar(&o.caAddr, "ca-addr", "", "warren-controller's CSR service address (host:port); required with --controller")
+	fs.StringVar(&o.caRootFile, "ca-root-file", "/var/run/secrets/warren/ca.crt", "PEM roots that the controller's certificate chains to")
+	fs.StringVar(&o.tokenFile, "token-file", "/var/run/secrets/tokens/warren-ca", "projected ServiceAccount token (audience warren-ca)")
+	fs.StringVar(&o.controllerID, "controller-identity", "", "SPIFFE ID the controller must present (default spiffe://<trust-domain>/ns/warren-system/sa/warren-controller)")
+	fs.StringVar(&o.trustDomain, "trust-domain", nodeconfig.DefaultTrustDomain, "trust domain (controller mode; standalone mode takes it from the file)")
+	fs.BoolVar(&o.plaintext, "plaintext", false, "talk to the controller without TLS (development only)")
+	fs.StringVar(&o.configFile, "config", "", "node config file (YAML or JSON, api/nodeconfig Snapshot): standalone mode")
 	fs.StringVar(&o.node, "node", os.Getenv("NODE_NAME"), "name of this node (default $NODE_NAME)")
 	fs.StringVar(&o.caCert, "ca-cert", "", "PEM certificate of the local signing CA (root or intermediate)")
 	fs.StringVar(&o.caKey, "ca-key", "", "PEM private key of the local signing CA")
@@ -76,8 +98,15 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
-	if o.configFile == "" {
-		return o, errors.New("--config is required (the controller connection comes in a later release)")
+	switch {
+	case o.configFile == "" && o.controller == "":
+		return o, errors.New("either --controller (with --ca-addr) or --config (standalone mode) is required")
+	case o.configFile != "" && o.controller != "":
+		return o, errors.New("--config and --controller exclude each other")
+	case o.controller != "" && o.caAddr == "":
+		return o, errors.New("--controller needs --ca-addr")
+	case o.controller != "" && o.caCert != "":
+		return o, errors.New("--ca-cert/--ca-key are for standalone mode; with --controller certificates come from --ca-addr")
 	}
 	if o.node == "" {
 		return o, errors.New("--node (or $NODE_NAME) is required")
@@ -104,24 +133,75 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	securityLog := slog.New(slog.NewJSONHandler(stderr, nil)).With("log", "security", "node", o.node)
 
-	snap, err := readConfig(o.configFile)
-	if err != nil {
-		return err
+	var (
+		store  *state.Store
+		td     spiffeid.TrustDomain
+		signer identity.Signer
+		bundle x509bundle.Source
+		stream *configstream.Client
+	)
+	if o.configFile != "" {
+		snap, err := readConfig(o.configFile)
+		if err != nil {
+			return err
+		}
+		view, err := state.Build(snap)
+		if err != nil {
+			return fmt.Errorf("config %s: %w", o.configFile, err)
+		}
+		store, td = state.NewStore(view), view.TrustDomain()
+		authority, err := localCA(td, o.caCert, o.caKey)
+		if err != nil {
+			return err
+		}
+		if o.caCert == "" {
+			log.Warn("no --ca-cert/--ca-key: signing with an ephemeral root; ztunnels on other nodes will not trust it")
+		}
+		signer, bundle = authority.Signer(0), state.BundleSource(store, authority.Bundle())
+		go watchConfig(ctx, o.configFile, o.pollInterval, store, log)
+	} else {
+		if td, err = spiffeid.TrustDomainFromString(o.trustDomain); err != nil {
+			return fmt.Errorf("--trust-domain: %w", err)
+		}
+		store = state.NewStore(nil)
+		var tlsConf *tls.Config
+		var roots *x509bundle.Bundle
+		if !o.plaintext {
+			if roots, err = x509bundle.Load(td, o.caRootFile); err != nil {
+				return fmt.Errorf("--ca-root-file: %w (is the warren-ca-root ConfigMap mounted?)", err)
+			}
+			cid := o.controllerID
+			if cid == "" {
+				cid = "spiffe://" + td.Name() + "/ns/warren-system/sa/warren-controller"
+			}
+			id, err := spiffeid.FromString(cid)
+			if err != nil {
+				return fmt.Errorf("--controller-identity: %w", err)
+			}
+			tlsConf = tlsconfig.TLSClientConfig(state.BundleSource(store, roots), tlsconfig.AuthorizeID(id))
+		} else {
+			log.Warn("talking to the controller without TLS (--plaintext): use only for development")
+		}
+		token := identity.TokenFile(o.tokenFile)
+		gs, err := identity.NewGRPCSigner(identity.GRPCSignerConfig{Target: o.caAddr, TLSConfig: tlsConf, Token: token})
+		if err != nil {
+			return err
+		}
+		defer gs.Close()
+		signer = gs
+		var fallback x509bundle.Source // until the first config brings the trust bundle
+		if roots != nil {
+			fallback = roots
+		}
+		bundle = state.BundleSource(store, fallback)
+		stream, err = configstream.New(configstream.Config{
+			Target: o.controller, TLSConfig: tlsConf, Token: token, Node: o.node, Store: store, Log: log.With("component", "configstream"),
+		})
+		if err != nil {
+			return err
+		}
 	}
-	view, err := state.Build(snap)
-	if err != nil {
-		return fmt.Errorf("config %s: %w", o.configFile, err)
-	}
-	store := state.NewStore(view)
-
-	authority, err := localCA(view.TrustDomain(), o.caCert, o.caKey)
-	if err != nil {
-		return err
-	}
-	if o.caCert == "" {
-		log.Warn("no --ca-cert/--ca-key: signing with an ephemeral root; ztunnels on other nodes will not trust it")
-	}
-	ids, err := identity.New(identity.Config{Signer: authority.Signer(0), TrustDomain: view.TrustDomain()})
+	ids, err := identity.New(identity.Config{Signer: signer, TrustDomain: td})
 	if err != nil {
 		return err
 	}
@@ -136,7 +216,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		Node:       o.node,
 		Store:      store,
 		Identities: ids,
-		Bundle:     authority.Bundle(),
+		Bundle:     bundle,
 		Sockets: func(w *nodeconfig.Workload) (sockets.Factory, error) {
 			src, err := netip.ParseAddr(w.GetAddresses()[0])
 			if err != nil {
@@ -151,8 +231,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	go watchConfig(ctx, o.configFile, o.pollInterval, store, log)
-	log.Info("warren-ztunnel started", "config", o.configFile, "version", view.Version(), "addrs", fmt.Sprint(zt.Addrs()))
+	if stream != nil {
+		go stream.Run(ctx)
+	}
+	log.Info("warren-ztunnel started", "controller", o.controller, "config", o.configFile, "addrs", fmt.Sprint(zt.Addrs()))
 	return zt.Run(ctx)
 }
 

@@ -22,7 +22,10 @@ func TestParseFlagsRejects(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"--node", "n"}, "--config is required"},
+		{[]string{"--node", "n"}, "either --controller (with --ca-addr) or --config (standalone mode) is required"},
+		{[]string{"--node", "n", "--controller", "c:15012"}, "--controller needs --ca-addr"},
+		{[]string{"--node", "n", "--controller", "c:15012", "--config", "x.yaml"}, "--config and --controller exclude each other"},
+		{[]string{"--node", "n", "--controller", "c:15012", "--ca-addr", "c:15013", "--ca-cert", "a", "--ca-key", "b"}, "--ca-cert/--ca-key are for standalone mode"},
 		{[]string{"--config", "x.yaml", "--node", ""}, "--node (or $NODE_NAME) is required"},
 		{[]string{"--config", "x.yaml", "--node", "n", "--ca-cert", "c.pem"}, "--ca-cert and --ca-key go together"},
 		{[]string{"--bogus"}, "flag provided but not defined"},

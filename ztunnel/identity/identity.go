@@ -5,10 +5,12 @@
 // while the CA fails. A still-valid certificate keeps being served while
 // renewal retries (fail static).
 //
-// It does not authenticate to the CA or speak any wire protocol: that is the
-// [Signer]'s job. It does not log; state is reported through
-// [Manager.Certificates]. It may be imported by ztunnel and waypoint
-// packages and by cmd/ binaries.
+// The [Manager] does not authenticate to the CA or speak any wire protocol:
+// that is the [Signer]'s job. In a cluster the signer is a [GRPCSigner],
+// which calls warren-controller's CSR service (api/caservice) with the node
+// agent's ServiceAccount token. The package does not log; state is
+// reported through [Manager.Certificates]. It may be imported by ztunnel
+// and waypoint packages and by cmd/ binaries.
 package identity
 
 import (
