@@ -99,19 +99,46 @@ func logger(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, nil))
 }
 
-// StartNode runs a ztunnel for the named node (admin on an ephemeral loopback port) and waits
-// until it serves all of the node's meshed workloads.
+// StartNode runs a ztunnel for the named node (admin on an ephemeral loopback port) on the
+// mesh's shared config and CA, and waits until it serves all of the node's meshed workloads.
 func (m *Mesh) StartNode(name string, logs Logs) (*Node, error) {
-	ids, err := identity.New(identity.Config{Signer: m.signer, TrustDomain: m.store.Load().TrustDomain()})
+	return m.StartNodeWith(name, logs, NodeDeps{})
+}
+
+// NodeDeps replace the mesh's shared config store, signer and trust bundle for one node, as a
+// node fed by the real controller has them. Zero fields use the mesh's.
+type NodeDeps struct {
+	Store  *state.Store
+	Signer identity.Signer
+	Bundle x509bundle.Source
+	// Ready, when set, replaces the wait for the node's workloads (for a store that is still
+	// empty when the node starts).
+	Ready func(*ztunnel.Ztunnel) bool
+}
+
+// StartNodeWith is StartNode with the node's own dependencies.
+func (m *Mesh) StartNodeWith(name string, logs Logs, deps NodeDeps) (*Node, error) {
+	store, signer, bundle := m.store, m.signer, m.bundle
+	if deps.Store != nil {
+		store = deps.Store
+	}
+	if deps.Signer != nil {
+		signer = deps.Signer
+	}
+	if deps.Bundle != nil {
+		bundle = deps.Bundle
+	}
+	td := m.TrustDomain()
+	ids, err := identity.New(identity.Config{Signer: signer, TrustDomain: td})
 	if err != nil {
 		return nil, err
 	}
 	n := &Node{Registry: prometheus.NewRegistry(), done: make(chan error, 1)}
 	zt, err := ztunnel.New(ztunnel.Config{
 		Node:       name,
-		Store:      m.store,
+		Store:      store,
 		Identities: ids,
-		Bundle:     m.bundle,
+		Bundle:     bundle,
 		Sockets: func(w *nodeconfig.Workload) (sockets.Factory, error) {
 			var f sockets.Factory = sockets.Host{Source: netip.MustParseAddr(w.GetAddresses()[0])}
 			if m.wrap != nil {
@@ -138,17 +165,21 @@ func (m *Mesh) StartNode(name string, logs Logs) (*Node, error) {
 	n.stop = cancel
 	go func() { n.done <- zt.Run(ctx) }()
 
-	want := 0
-	for _, w := range m.store.Load().LocalWorkloads(name) {
-		if w.GetTunnelProtocol() == nodeconfig.TunnelProtocol_TUNNEL_PROTOCOL_HBONE {
-			want++
+	ready := deps.Ready
+	if ready == nil {
+		want := 0
+		for _, w := range store.Load().LocalWorkloads(name) {
+			if w.GetTunnelProtocol() == nodeconfig.TunnelProtocol_TUNNEL_PROTOCOL_HBONE {
+				want++
+			}
 		}
+		ready = func(zt *ztunnel.Ztunnel) bool { return len(zt.Workloads()) == want }
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for len(zt.Workloads()) != want {
+	deadline := time.Now().Add(20 * time.Second)
+	for !ready(zt) {
 		if time.Now().After(deadline) {
 			n.Stop()
-			return nil, fmt.Errorf("ztunneltest: node %s enrolled %d of %d workloads in 10s", name, len(zt.Workloads()), want)
+			return nil, fmt.Errorf("ztunneltest: node %s not ready in 20s (%d workloads enrolled)", name, len(zt.Workloads()))
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
