@@ -112,7 +112,7 @@ func TestMeshFromTheControlPlane(t *testing.T) {
 	must(c.Update(ctx, &nsObj))
 	for _, w := range []struct {
 		name, node string
-		host byte
+		host       byte
 	}{{"service-a", "node-1", 2}, {"service-b", "node-2", 3}, {"service-c", "node-1", 4}} {
 		must(c.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: w.name, Namespace: ns}}))
 		pod := &corev1.Pod{
@@ -243,4 +243,3 @@ func startApp(t *testing.T, at netip.AddrPort) {
 		}
 	}()
 }
-
