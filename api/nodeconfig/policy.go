@@ -1,6 +1,11 @@
 package nodeconfig
 
-import "fmt"
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+)
 
 // Names of the default policies, as users write them in the warren.dev/default-inbound-policy
 // annotation and in a Server's accessPolicy.
@@ -50,4 +55,36 @@ func ParseDefaultPolicy(s string) (DefaultPolicy, error) {
 	}
 	return DefaultPolicy_DEFAULT_POLICY_UNSPECIFIED,
 		fmt.Errorf("unknown default policy %q (want all-unauthenticated, all-authenticated, cluster-authenticated, cluster-unauthenticated, deny or audit)", s)
+}
+
+// ParseNetwork parses a Network's cidr or except entry: a CIDR or a bare IP (as a /32 or
+// /128). Host bits are masked, and IPv4-mapped IPv6 prefixes become IPv4 prefixes, since client
+// addresses are unmapped before they are matched.
+func ParseNetwork(s string) (netip.Prefix, error) {
+	if s == "" {
+		return netip.Prefix{}, errors.New("empty")
+	}
+	var p netip.Prefix
+	if strings.Contains(s, "/") {
+		var err error
+		if p, err = netip.ParsePrefix(s); err != nil {
+			return netip.Prefix{}, err
+		}
+	} else {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		if a.Zone() != "" {
+			return netip.Prefix{}, errors.New("zones are not allowed")
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	if p.Addr().Is4In6() {
+		if p.Bits() < 96 {
+			return netip.Prefix{}, errors.New("IPv4-mapped prefix shorter than /96")
+		}
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p.Masked(), nil
 }

@@ -4,7 +4,6 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -231,12 +230,12 @@ func validateIdentity(id string) error {
 // excepts strictly inside it. An entry with a bad except is dropped whole, since dropping only
 // the except would widen it.
 func validateNetwork(n policyv1alpha1.Network) error {
-	cidr, err := parsePrefix(n.CIDR)
+	cidr, err := nodeconfig.ParseNetwork(n.CIDR)
 	if err != nil {
 		return err
 	}
 	for _, x := range n.Except {
-		p, err := parsePrefix(x)
+		p, err := nodeconfig.ParseNetwork(x)
 		if err != nil {
 			return fmt.Errorf("except %q: %w", x, err)
 		}
@@ -250,35 +249,6 @@ func validateNetwork(n policyv1alpha1.Network) error {
 	return nil
 }
 
-// parsePrefix parses a CIDR or a bare IP the way the ztunnel does.
-func parsePrefix(s string) (netip.Prefix, error) {
-	if s == "" {
-		return netip.Prefix{}, errors.New("empty")
-	}
-	var p netip.Prefix
-	if strings.Contains(s, "/") {
-		var err error
-		if p, err = netip.ParsePrefix(s); err != nil {
-			return netip.Prefix{}, err
-		}
-	} else {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return netip.Prefix{}, err
-		}
-		if a.Zone() != "" {
-			return netip.Prefix{}, errors.New("zones are not allowed")
-		}
-		p = netip.PrefixFrom(a, a.BitLen())
-	}
-	if p.Addr().Is4In6() {
-		if p.Bits() < 96 {
-			return netip.Prefix{}, errors.New("IPv4-mapped prefix shorter than /96")
-		}
-		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-	}
-	return p.Masked(), nil
-}
 
 var serverProtocols = map[policyv1alpha1.ProxyProtocol]nodeconfig.AppProtocol{
 	"":                                  nodeconfig.AppProtocol_APP_PROTOCOL_UNSPECIFIED,

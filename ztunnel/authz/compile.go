@@ -98,7 +98,7 @@ func compile(s *nodeconfig.Snapshot) (*Engine, error) {
 		nets = defaultClusterNetworks
 	}
 	for _, n := range nets {
-		p, err := parsePrefix(n)
+		p, err := nodeconfig.ParseNetwork(n)
 		if err != nil {
 			return nil, fmt.Errorf("mesh defaults: cluster network %q: %w", n, err)
 		}
@@ -263,13 +263,13 @@ func (a *authorization) addIdentity(id string) error {
 }
 
 func compileNetwork(n *nodeconfig.Network) (network, error) {
-	cidr, err := parsePrefix(n.GetCidr())
+	cidr, err := nodeconfig.ParseNetwork(n.GetCidr())
 	if err != nil {
 		return network{}, err
 	}
 	cn := network{cidr: cidr}
 	for _, x := range n.GetExcept() {
-		p, err := parsePrefix(x)
+		p, err := nodeconfig.ParseNetwork(x)
 		if err != nil {
 			return network{}, fmt.Errorf("except %q: %w", x, err)
 		}
@@ -284,34 +284,3 @@ func compileNetwork(n *nodeconfig.Network) (network, error) {
 	return cn, nil
 }
 
-// parsePrefix parses a CIDR or a bare IP (as a /32 or /128). Host bits are masked, and
-// IPv4-mapped IPv6 prefixes become IPv4 prefixes, since client addresses are unmapped before
-// they are matched.
-func parsePrefix(s string) (netip.Prefix, error) {
-	if s == "" {
-		return netip.Prefix{}, errors.New("empty")
-	}
-	var p netip.Prefix
-	if strings.Contains(s, "/") {
-		var err error
-		if p, err = netip.ParsePrefix(s); err != nil {
-			return netip.Prefix{}, err
-		}
-	} else {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return netip.Prefix{}, err
-		}
-		if a.Zone() != "" {
-			return netip.Prefix{}, errors.New("zones are not allowed")
-		}
-		p = netip.PrefixFrom(a, a.BitLen())
-	}
-	if p.Addr().Is4In6() {
-		if p.Bits() < 96 {
-			return netip.Prefix{}, errors.New("IPv4-mapped prefix shorter than /96")
-		}
-		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-	}
-	return p.Masked(), nil
-}
