@@ -249,7 +249,6 @@ func validateNetwork(n policyv1alpha1.Network) error {
 	return nil
 }
 
-
 var serverProtocols = map[policyv1alpha1.ProxyProtocol]nodeconfig.AppProtocol{
 	"":                                  nodeconfig.AppProtocol_APP_PROTOCOL_UNSPECIFIED,
 	policyv1alpha1.ProxyProtocolUnknown: nodeconfig.AppProtocol_APP_PROTOCOL_UNSPECIFIED,

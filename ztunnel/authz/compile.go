@@ -283,4 +283,3 @@ func compileNetwork(n *nodeconfig.Network) (network, error) {
 	}
 	return cn, nil
 }
-
