@@ -275,6 +275,15 @@ func (z *Ztunnel) AddWorkload(uid string, socks sockets.Factory) error {
 	}
 	pcfg := z.cfg.Pool
 	pcfg.Dial = z.hboneDialer(socks)
+	// A pooled connection is tied to the certificate it was made with: after a rotation, new
+	// streams go on connections that present the new one.
+	pcfg.Epoch = func(ctx context.Context, k pool.Key) (string, error) {
+		svid, err := z.cfg.Identities.SVID(ctx, k.Src)
+		if err != nil {
+			return "", fmt.Errorf("certificate for %s: %w", k.Src, err)
+		}
+		return svid.Certificates[0].SerialNumber.String(), nil
+	}
 	pl, err := pool.New(pcfg)
 	if err != nil {
 		closeAll()

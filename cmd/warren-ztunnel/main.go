@@ -201,13 +201,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			return err
 		}
 	}
-	ids, err := identity.New(identity.Config{Signer: signer, TrustDomain: td})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	ids, err := identity.New(identity.Config{Signer: signer, TrustDomain: td, Registerer: reg})
 	if err != nil {
 		return err
 	}
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	var mark uint32
 	if o.mark {
 		mark = sockets.Mark

@@ -30,6 +30,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -84,6 +85,11 @@ type Config struct {
 	// Jitter returns a random duration in [0, d). Default: uniform random.
 	// Tests may return 0 for exact backoff steps.
 	Jitter func(d time.Duration) time.Duration
+
+	// Registerer, if set, gets the manager's metrics: CSRs by result, the
+	// number of identities whose renewal is failing, and the earliest
+	// certificate expiry.
+	Registerer prometheus.Registerer
 }
 
 // Manager issues, caches and rotates workload certificates. Create it with
@@ -104,6 +110,8 @@ type Manager struct {
 
 	mu      sync.Mutex
 	entries map[spiffeid.ID]*entry
+
+	csrs *prometheus.CounterVec
 }
 
 // entry is the state of one identity. Guarded by Manager.mu.
@@ -151,6 +159,27 @@ func New(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("new identity manager: negative request timeout %v", m.timeout)
 	}
 	m.sem = make(chan struct{}, concurrency)
+	m.csrs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "warren_ztunnel_csr_total",
+		Help: "Certificate signing requests sent to the CA, by result (issued or failed).",
+	}, []string{"result"})
+	if cfg.Registerer != nil {
+		for _, c := range []prometheus.Collector{
+			m.csrs,
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "warren_ztunnel_certificates_failing",
+				Help: "Identities whose last certificate request failed (a still-valid certificate keeps serving meanwhile).",
+			}, func() float64 { return float64(m.failing()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "warren_ztunnel_certificate_expiry_timestamp_seconds",
+				Help: "When the earliest-expiring workload certificate held expires (Unix time; 0 with none).",
+			}, m.earliestExpiry),
+		} {
+			if err := cfg.Registerer.Register(c); err != nil {
+				return nil, fmt.Errorf("new identity manager: register metrics: %w", err)
+			}
+		}
+	}
 	if m.now == nil {
 		m.now = time.Now
 	}
@@ -440,6 +469,11 @@ func (m *Manager) issue(ctx context.Context, id spiffeid.ID) (*x509svid.SVID, er
 }
 
 func (m *Manager) finish(e *entry, c *call, svid *x509svid.SVID, err error) {
+	if err != nil {
+		m.csrs.WithLabelValues("failed").Inc()
+	} else {
+		m.csrs.WithLabelValues("issued").Inc()
+	}
 	m.mu.Lock()
 	now := m.now()
 	e.inflight = nil
@@ -458,6 +492,38 @@ func (m *Manager) finish(e *entry, c *call, svid *x509svid.SVID, err error) {
 	m.mu.Unlock()
 	close(c.done)
 	m.poke()
+}
+
+// failing counts the identities whose last CSR failed.
+func (m *Manager) failing() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for _, e := range m.entries {
+		if e.failures > 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// earliestExpiry is the Unix time of the first NotAfter among the held certificates.
+func (m *Manager) earliestExpiry() float64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var first time.Time
+	for _, e := range m.entries {
+		if e.svid == nil {
+			continue
+		}
+		if na := e.svid.Certificates[0].NotAfter; first.IsZero() || na.Before(first) {
+			first = na
+		}
+	}
+	if first.IsZero() {
+		return 0
+	}
+	return float64(first.Unix())
 }
 
 // rotateAt returns the half-life of cert, but not before notBefore, so a CA

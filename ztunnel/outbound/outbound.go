@@ -260,7 +260,6 @@ func (p *Proxy) handle(ctx context.Context, c net.Conn) {
 		if errors.As(err, &se) && se.Code == http.StatusUnauthorized {
 			err = fmt.Errorf("denied by %s (%s): %w", route.Workload, route.Next, err)
 		}
-		rec.Duration = time.Since(start)
 		fail(route.Mode, err)
 		return
 	}

@@ -63,6 +63,14 @@ type Config struct {
 
 	// Now is the clock used for idle accounting. Default time.Now.
 	Now func() time.Time
+
+	// Epoch, if set, names the credentials a new connection for k would be made with (for the
+	// ztunnel: the serial of the source identity's current certificate). A connection made in
+	// another epoch takes no new streams and closes once idle, so after a certificate rotation
+	// new streams travel on connections that present the new certificate, while streams already
+	// open keep their connection.
+	// An error fails the Connect.
+	Epoch func(ctx context.Context, k Key) (string, error)
 }
 
 // Stats are pool counters, for metrics and debug dumps.
@@ -74,6 +82,7 @@ type Stats struct {
 	DialErrors    int64 // dials failed, total
 	IdleClosed    int64 // connections closed for idleness, total
 	EvictedClosed int64 // connections closed because their key was evicted, total
+	Retired       int64 // connections retired because their epoch (certificate) changed, total
 }
 
 // Pool is a set of HBONE connections. It is safe for concurrent use.
@@ -100,6 +109,7 @@ type conn struct {
 	idle     time.Time     // when streams last dropped to 0
 	detached bool          // no longer in its entry: close when idle
 	isClosed bool
+	epoch    string // Config.Epoch when dialed
 }
 
 // New returns a Pool. Call Run to close idle connections in the background,
@@ -197,6 +207,13 @@ func (p *Pool) Connect(ctx context.Context, k Key, authority string, hdr http.He
 
 // reserve returns a ready connection for k with one stream slot reserved.
 func (p *Pool) reserve(ctx context.Context, k Key) (*conn, error) {
+	var epoch string
+	if p.cfg.Epoch != nil {
+		var err error
+		if epoch, err = p.cfg.Epoch(ctx, k); err != nil {
+			return nil, fmt.Errorf("pool connect %s: %w", k.Addr, err)
+		}
+	}
 	p.mu.Lock()
 	if p.closed {
 		p.unlock()
@@ -207,7 +224,7 @@ func (p *Pool) reserve(ctx context.Context, k Key) (*conn, error) {
 		e = &entry{}
 		p.keys.Add(k, e)
 	}
-	c := p.pickLocked(k, e)
+	c := p.pickLocked(k, e, epoch)
 	if c != nil {
 		c.streams++
 		p.stats.Streams++
@@ -229,7 +246,7 @@ func (p *Pool) reserve(ctx context.Context, k Key) (*conn, error) {
 		return c, nil
 	}
 	// Dial a new connection; others may join while it is in flight.
-	c = &conn{ready: make(chan struct{}), streams: 1}
+	c = &conn{ready: make(chan struct{}), streams: 1, epoch: epoch}
 	e.conns = append(e.conns, c)
 	p.stats.Dials++
 	p.stats.Streams++
@@ -258,14 +275,18 @@ func (p *Pool) reserve(ctx context.Context, k Key) (*conn, error) {
 }
 
 // pickLocked returns a connection of e with a free slot (possibly still
-// dialing), dropping dead ones, or nil.
-func (p *Pool) pickLocked(k Key, e *entry) *conn {
+// dialing), dropping dead ones and those of another epoch, or nil.
+func (p *Pool) pickLocked(k Key, e *entry, epoch string) *conn {
 	var found *conn
 	live := e.conns[:0]
 	for _, c := range e.conns {
-		if c.cc != nil && !c.cc.CanTakeNewRequest() {
+		stale := c.epoch != epoch
+		if stale || (c.cc != nil && !c.cc.CanTakeNewRequest()) {
+			if stale {
+				p.stats.Retired++
+			}
 			c.detached = true
-			if c.streams == 0 {
+			if c.streams == 0 && c.cc != nil {
 				p.closeLocked(c)
 			}
 			continue

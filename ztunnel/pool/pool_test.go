@@ -361,3 +361,38 @@ func TestClosedPool(t *testing.T) {
 		t.Errorf("Connect() on a closed pool succeeded, want an error")
 	}
 }
+
+func TestEpochRetiresConnections(t *testing.T) {
+	t.Parallel()
+	m := newMesh(t)
+	addr, handshakes := m.server(t)
+	var epoch atomic.Value
+	epoch.Store("serial-1")
+	p := newPool(t, pool.Config{Dial: m.dial, Epoch: func(context.Context, pool.Key) (string, error) { return epoch.Load().(string), nil }})
+	k := pool.Key{Src: m.id("sa-a"), Dst: m.dstID, Addr: addr}
+
+	old, err := p.Connect(context.Background(), k, "10.0.1.5:80", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	// The source's certificate rotates: new streams need a connection made with it.
+	epoch.Store("serial-2")
+	fresh, err := p.Connect(context.Background(), k, "10.0.1.5:80", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, fresh, "new certificate")
+	fresh.Close()
+	if got := handshakes.Load(); got != 2 {
+		t.Errorf("handshakes after the epoch changed = %d, want 2", got)
+	}
+	// The stream opened before the rotation keeps working on its old connection, which closes
+	// once that stream ends.
+	roundTrip(t, old, "old stream still works")
+	old.Close()
+	want := pool.Stats{Keys: 1, Conns: 1, Dials: 2, Retired: 1}
+	if diff := cmp.Diff(want, p.Stats()); diff != "" {
+		t.Errorf("Stats() (-want +got):\n%s", diff)
+	}
+}

@@ -129,11 +129,11 @@ func (m *Mesh) StartNodeWith(name string, logs Logs, deps NodeDeps) (*Node, erro
 		bundle = deps.Bundle
 	}
 	td := m.TrustDomain()
-	ids, err := identity.New(identity.Config{Signer: signer, TrustDomain: td})
+	n := &Node{Registry: prometheus.NewRegistry(), done: make(chan error, 1)}
+	ids, err := identity.New(identity.Config{Signer: signer, TrustDomain: td, Registerer: n.Registry})
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{Registry: prometheus.NewRegistry(), done: make(chan error, 1)}
 	zt, err := ztunnel.New(ztunnel.Config{
 		Node:       name,
 		Store:      store,
