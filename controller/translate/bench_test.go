@@ -128,18 +128,6 @@ func BenchmarkTranslate10kPods(b *testing.B) {
 	}
 }
 
-// BenchmarkForNode measures cutting the 10k-pod mesh snapshot for one node (done for every
-// node after each change).
-func BenchmarkForNode(b *testing.B) {
-	mesh := translate.Translate(largeInput(b)).Mesh
-	b.ReportAllocs()
-	i := 0
-	for b.Loop() {
-		translate.ForNode(mesh, fmt.Sprintf("node-%02d", i%benchNodes))
-		i++
-	}
-}
-
 // TestLargeInputConsumable checks the benchmark's cluster once: a valid, compilable snapshot
 // for a sample of nodes, and no warnings.
 func TestLargeInputConsumable(t *testing.T) {

@@ -1,8 +1,8 @@
 // Package translate computes Warren's node config from cluster state. It turns Namespaces, Pods,
 // Services, EndpointSlices, the policy.warren.dev resources, Gateway API routes and waypoint
 // Gateways into one mesh-wide [nodeconfig.Snapshot] plus the status conditions of every policy
-// resource ([Translate]), and cuts that snapshot down to what one node's ztunnel needs
-// ([ForNode]).
+// resource ([Translate]). controller/push cuts that snapshot down to what each node's ztunnel
+// needs (push.Relevant).
 //
 // The package is pure and deterministic: no client, no I/O, no clock, no logging. Equal inputs
 // give equal outputs, Snapshot.Version included, whatever the order of the input slices.
@@ -10,8 +10,7 @@
 // dropping it could open a port, and the reason lands in Output.Status (policy resources) or
 // Output.Warnings (everything else) for the caller to write, log or emit as events.
 //
-// Outputs share memory with each other (ForNode reuses the mesh snapshot's messages) and must be
-// treated as immutable.
+// Outputs must be treated as immutable.
 //
 // The controller imports it to compute what it pushes; the kubectl plugin may import it to
 // explain a decision from objects it read itself. The data plane must not: it depends on
@@ -22,7 +21,6 @@ import (
 	"cmp"
 	"crypto/sha256"
 	"encoding/hex"
-	"slices"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -145,66 +143,6 @@ func Translate(in *Input) *Output {
 	return t.finish()
 }
 
-// ForNode returns the snapshot the ztunnel on node needs: every workload and service (to route
-// outbound traffic), the defaults, and only the Servers referenced by workloads on node (the
-// destination ztunnel enforces them). Workloads on other nodes lose their servers list, which
-// would otherwise name Servers the node snapshot does not carry. The result shares unchanged
-// messages with mesh; its Version is derived from mesh.Version and node (so it changes with any
-// change to the mesh, even one that leaves this node's content as it was).
-func ForNode(mesh *nodeconfig.Snapshot, node string) *nodeconfig.Snapshot {
-	out := &nodeconfig.Snapshot{
-		TrustDomain: mesh.GetTrustDomain(),
-		Defaults:    mesh.GetDefaults(),
-		TrustBundle: mesh.GetTrustBundle(),
-		Services:    slices.Clip(mesh.GetServices()),
-		Workloads:   make([]*nodeconfig.Workload, 0, len(mesh.GetWorkloads())),
-	}
-	need := make(map[string]bool)
-	for _, w := range mesh.GetWorkloads() {
-		switch {
-		case w.GetNode() == node:
-			for _, s := range w.GetServers() {
-				need[s] = true
-			}
-		case len(w.GetServers()) > 0:
-			w = withoutServers(w)
-		}
-		out.Workloads = append(out.Workloads, w)
-	}
-	for _, s := range mesh.GetServers() {
-		if need[s.GetNamespace()+"/"+s.GetName()] {
-			out.Servers = append(out.Servers, s)
-		}
-	}
-	out.Version = nodeVersion(mesh.GetVersion(), node)
-	return out
-}
-
-// nodeVersion derives a node snapshot's version from the mesh version, which already commits to
-// all of the mesh's content, and the node name: the node snapshot is a function of both, so
-// equal inputs give equal versions and different contents different ones, without marshalling
-// 10,000 workloads once per node.
-func nodeVersion(meshVersion, node string) string {
-	sum := sha256.Sum256([]byte("node\x00" + node + "\x00" + meshVersion))
-	return hex.EncodeToString(sum[:16])
-}
-
-func withoutServers(w *nodeconfig.Workload) *nodeconfig.Workload {
-	return &nodeconfig.Workload{
-		Uid:                  w.GetUid(),
-		Name:                 w.GetName(),
-		Namespace:            w.GetNamespace(),
-		ServiceAccount:       w.GetServiceAccount(),
-		Addresses:            w.GetAddresses(),
-		Node:                 w.GetNode(),
-		Ports:                w.GetPorts(),
-		TunnelProtocol:       w.GetTunnelProtocol(),
-		Waypoint:             w.GetWaypoint(),
-		DefaultInboundPolicy: w.GetDefaultInboundPolicy(),
-		Ready:                w.GetReady(),
-		ProbePorts:           w.GetProbePorts(),
-	}
-}
 
 // version hashes the deterministic wire form of s (whose Version must be empty).
 func version(s *nodeconfig.Snapshot) string {

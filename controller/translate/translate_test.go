@@ -22,6 +22,7 @@ import (
 
 	"github.com/warren-mesh/warren/api/nodeconfig"
 	policyv1alpha1 "github.com/warren-mesh/warren/api/policy/v1alpha1"
+	"github.com/warren-mesh/warren/controller/push"
 	"github.com/warren-mesh/warren/controller/translate"
 )
 
@@ -222,8 +223,8 @@ func TestPodLeavingMesh(t *testing.T) {
 			if w := workload(after.Mesh, "ns", "b"); w != nil {
 				t.Errorf("after: workload %v still in the snapshot", w)
 			}
-			if got := translate.ForNode(after.Mesh, "node-1").GetServers(); len(got) != 0 {
-				t.Errorf("after: ForNode(node-1).Servers = %v, want none", got)
+			if got := push.Relevant(after.Mesh, "node-1").GetServers(); len(got) != 0 {
+				t.Errorf("after: Relevant(node-1).Servers = %v, want none", got)
 			}
 			ref := translate.ObjectRef{Kind: translate.KindServer, Namespace: "ns", Name: "b"}
 			if got, want := condition(after, ref, "ResolvedRefs"), "True ResolvedRefs: selects 0 meshed pods"; got != want {
@@ -832,7 +833,8 @@ func TestWaypointBinding(t *testing.T) {
 	}
 }
 
-func TestForNode(t *testing.T) {
+// TestNodeView checks the per-node cut of the translated mesh that the push server sends.
+func TestNodeView(t *testing.T) {
 	t.Parallel()
 	app := map[string]string{"app": "b"}
 	in := &translate.Input{
@@ -862,23 +864,17 @@ func TestForNode(t *testing.T) {
 		t.Errorf("mesh servers (-want +got):\n%s", diff)
 	}
 	for node, want := range map[string][]string{"node-1": {"b"}, "node-2": {"b", "c"}, "node-3": nil} {
-		s := translate.ForNode(out.Mesh, node)
+		s := push.Relevant(out.Mesh, node)
 		if diff := cmp.Diff(want, serverNames(s)); diff != "" {
-			t.Errorf("ForNode(%s) servers (-want +got):\n%s", node, diff)
+			t.Errorf("Relevant(%s) servers (-want +got):\n%s", node, diff)
 		}
 		if got := len(s.GetWorkloads()); got != 3 {
-			t.Errorf("ForNode(%s) has %d workloads, want all 3", node, got)
+			t.Errorf("Relevant(%s) has %d workloads, want all 3", node, got)
 		}
 		for _, w := range s.GetWorkloads() {
 			if w.GetNode() != node && len(w.GetServers()) > 0 {
-				t.Errorf("ForNode(%s): workload %s on %s keeps servers %v", node, w.GetName(), w.GetNode(), w.GetServers())
+				t.Errorf("Relevant(%s): workload %s on %s keeps servers %v", node, w.GetName(), w.GetNode(), w.GetServers())
 			}
-		}
-		if s.GetVersion() == "" || s.GetVersion() == out.Mesh.GetVersion() {
-			t.Errorf("ForNode(%s).Version = %q, want its own", node, s.GetVersion())
-		}
-		if again := translate.ForNode(out.Mesh, node); again.GetVersion() != s.GetVersion() {
-			t.Errorf("ForNode(%s) twice: versions %s and %s", node, s.GetVersion(), again.GetVersion())
 		}
 	}
 	if diff := cmp.Diff(meshBefore, out.Mesh, protocmp.Transform()); diff != "" {
