@@ -143,7 +143,6 @@ func Translate(in *Input) *Output {
 	return t.finish()
 }
 
-
 // version hashes the deterministic wire form of s (whose Version must be empty).
 func version(s *nodeconfig.Snapshot) string {
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(s)
