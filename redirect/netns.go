@@ -21,7 +21,7 @@ import (
 // Requires Linux >= 5.14 and CAP_SYS_ADMIN.
 func NetnsCookie(path string) (uint64, error) {
 	var cookie uint64
-	err := inNetns(path, func() error {
+	err := InNetns(path, func() error {
 		fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			return fmt.Errorf("socket: %w", err)
@@ -73,10 +73,10 @@ func control(c syscall.Conn, fn func(fd int) error) error {
 	return ferr
 }
 
-// inNetns runs fn on a locked OS thread inside the network namespace at path and moves the thread
-// back afterwards. If the thread cannot be moved back it stays locked, so the Go runtime retires it
+// InNetns runs fn on a locked OS thread inside the network namespace at path and moves the thread
+// back afterwards; sockets fn creates stay in that namespace. If the thread cannot be moved back it stays locked, so the Go runtime retires it
 // instead of reusing it in the wrong namespace.
-func inNetns(path string, fn func() error) error {
+func InNetns(path string, fn func() error) error {
 	target, err := os.Open(path)
 	if err != nil {
 		return fmt.Errorf("open netns: %w", err)

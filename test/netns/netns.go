@@ -24,13 +24,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/warren-mesh/warren/redirect"
 )
 
 // SkipOrFail skips the test, or fails it when CI=true.
@@ -177,39 +178,9 @@ func (ns *NS) DialIn(ctx context.Context, addr netip.AddrPort, opts DialOptions)
 	return c, err
 }
 
-// InNetns runs fn on a locked OS thread inside the network namespace at path and moves the
-// thread back afterwards. If moving back fails, the thread stays locked so the runtime retires it.
-func InNetns(path string, fn func() error) error {
-	target, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("open netns: %w", err)
-	}
-	defer target.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("setns %s: %w", path, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("restore netns: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
-}
+// InNetns runs fn on a locked OS thread inside the network namespace at path; see
+// [redirect.InNetns].
+func InNetns(path string, fn func() error) error { return redirect.InNetns(path, fn) }
 
 // Veth links namespace a (address aAddr) with namespace b (address bAddr) and brings both ends
 // up. More addresses can be added with [NS.IP] on the returned interface names. IPv6 addresses
