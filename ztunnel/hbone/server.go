@@ -250,12 +250,16 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) error {
 	return nil
 }
 
+// addrPort returns a's address and port, IPv4-mapped IPv6 addresses unmapped (dual-stack
+// listeners report IPv4 peers that way).
 func addrPort(a net.Addr) netip.AddrPort {
+	var ap netip.AddrPort
 	if t, ok := a.(*net.TCPAddr); ok {
-		return t.AddrPort()
+		ap = t.AddrPort()
+	} else {
+		ap, _ = netip.ParseAddrPort(a.String())
 	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 // Stream is one CONNECT request received by a [Server], handed to

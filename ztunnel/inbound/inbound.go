@@ -466,13 +466,17 @@ func (p *Proxy) Open() int {
 	return len(p.conns)
 }
 
+// addrPortOf returns a's address and port, IPv4-mapped IPv6 addresses unmapped (the in-pod
+// listeners are dual-stack).
 func addrPortOf(a net.Addr) netip.AddrPort {
+	var ap netip.AddrPort
 	switch a := a.(type) {
 	case *net.TCPAddr:
-		return a.AddrPort()
+		ap = a.AddrPort()
 	case interface{ AddrPort() netip.AddrPort }:
-		return a.AddrPort()
+		ap = a.AddrPort()
+	default:
+		ap, _ = netip.ParseAddrPort(a.String())
 	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
