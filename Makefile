@@ -8,9 +8,9 @@ STATICCHECK_VERSION := v0.8.2
 PROTOC_GEN_GO := $(BIN)/protoc-gen-go
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 PROTOC_GEN_GO_GRPC := $(BIN)/protoc-gen-go-grpc
-BINARIES := warren-ztunnel
+BINARIES := warren-ztunnel warren-controller warren-cni
 
-.PHONY: all build demo envtest-bins test test-unit lint generate generate-check deps tools bench clean
+.PHONY: all build demo envtest-bins lab-bins test test-unit lint generate generate-check deps tools bench clean
 
 all: build
 
@@ -45,8 +45,13 @@ demo:
 envtest-bins:
 	test/tools/build.sh kube-apiserver etcd
 
+## lab-bins: the reference CNI plugins (bridge, host-local, loopback) for the lab, built from
+## containernetworking/plugins v1.10.0 into .cache/bin/cni.
+lab-bins:
+	test/tools/build.sh cni-plugins
+
 ## test: every tier, the way CI runs it.
-test: deps generate-check lint envtest-bins
+test: deps generate-check lint envtest-bins lab-bins
 	$(GO) test -race -count=1 ./...
 	# Allocation tests are meaningless under -race (they skip there): run them once without it.
 	$(GO) test -count=1 -run 'Allocs' ./...

@@ -4,7 +4,8 @@
 // endpoints.
 //
 // Construct with New (which binds the node ports and fails fast), enroll workloads with
-// AddWorkload (or let EnrollLocal follow the config), then Run until the context ends.
+// AddWorkload (a workload of the config) or AddPod (a pod the config may not have yet, as the
+// node agent does), or let EnrollLocal follow the config, then Run until the context ends.
 // cmd/warren-ztunnel imports it; nothing else should.
 package ztunnel
 
@@ -50,6 +51,9 @@ type Config struct {
 	Store *state.Store
 	// Identities issues and rotates workload certificates.
 	Identities *identity.Manager
+	// TrustDomain is used for pods enrolled with AddPod before the first config arrives (the
+	// config's trust domain wins once there is one). Optional.
+	TrustDomain spiffeid.TrustDomain
 	// Bundle has the mesh's trust anchors.
 	Bundle x509bundle.Source
 	// Sockets returns the socket factory of a workload (in its network namespace, or the host's).
@@ -210,9 +214,28 @@ func (z *Ztunnel) reconcile(v *state.View) {
 	}
 }
 
-// AddWorkload starts serving a workload of the current config: it binds the workload's
-// listeners with socks, starts fetching its certificate, and runs its proxies until
-// RemoveWorkload or the end of Run.
+// Pod is what [Ztunnel.AddPod] needs to know about a workload, so that a pod can be enrolled
+// before the config has it (the CNI plugin runs before the kubelet even reports the pod's IP).
+type Pod struct {
+	// UID names the workload in the config; the proxies look it up by UID on every connection.
+	UID string
+	// Name and Namespace name the pod (logs, /config_dump).
+	Name, Namespace string
+	// ServiceAccount and Namespace make the workload's identity:
+	// spiffe://<trust domain>/ns/<Namespace>/sa/<ServiceAccount>.
+	ServiceAccount string
+	// Addresses are the pod's IPs; at least one.
+	Addresses []netip.Addr
+}
+
+// Listeners are the inbound listeners of an enrolled workload, which the eBPF redirect's inbound
+// capture needs (redirect.Redirector.AttachInbound). They stay owned by the ztunnel and are
+// closed by RemoveWorkload.
+type Listeners struct {
+	HBONE, Plaintext net.Listener
+}
+
+// AddWorkload starts serving a workload of the current config (see [Ztunnel.AddPod]).
 func (z *Ztunnel) AddWorkload(uid string, socks sockets.Factory) error {
 	view := z.cfg.Store.Load()
 	if view == nil {
@@ -222,19 +245,54 @@ func (z *Ztunnel) AddWorkload(uid string, socks sockets.Factory) error {
 	if w == nil {
 		return fmt.Errorf("add workload %s: not in config version %q", uid, view.Version())
 	}
-	name := w.GetNamespace() + "/" + w.GetName()
-	id, err := view.Identity(w)
+	p := Pod{UID: uid, Name: w.GetName(), Namespace: w.GetNamespace(), ServiceAccount: w.GetServiceAccount()}
+	for _, a := range w.GetAddresses() {
+		ip, err := netip.ParseAddr(a)
+		if err != nil {
+			return fmt.Errorf("add workload %s/%s: address %q: %w", p.Namespace, p.Name, a, err)
+		}
+		p.Addresses = append(p.Addresses, ip)
+	}
+	_, err := z.AddPod(p, socks)
+	return err
+}
+
+// AddPod starts serving a pod whether or not the config has it yet: it binds the pod's listeners
+// with socks (where Config.ListenAddr says), starts fetching the certificate of the identity made
+// from its namespace and service account, and runs its proxies until RemoveWorkload or the end of
+// Run. It returns the inbound listeners for the redirect.
+//
+// The proxies look the workload up in the config by UID on every connection: until a config that
+// has it arrives, inbound connections are refused (HBONE answers 503: fail closed) and policy
+// cannot be evaluated; outbound connections from the pod already carry its identity. Do not mix
+// with Config.EnrollLocal, which removes workloads the config does not have.
+func (z *Ztunnel) AddPod(p Pod, socks sockets.Factory) (Listeners, error) {
+	name := p.Namespace + "/" + p.Name
+	if p.UID == "" || p.Namespace == "" || p.ServiceAccount == "" || len(p.Addresses) == 0 {
+		return Listeners{}, fmt.Errorf("add workload %s: uid, namespace, service account and an address are required", name)
+	}
+	id, err := z.identity(p)
 	if err != nil {
-		return fmt.Errorf("add workload %s: %w", name, err)
+		return Listeners{}, fmt.Errorf("add workload %s: %w", name, err)
+	}
+	uid := p.UID
+	addrs := make([]string, len(p.Addresses))
+	for i, a := range p.Addresses {
+		addrs[i] = a.String()
+	}
+	// ListenAddr takes the config's form of the workload.
+	w := &nodeconfig.Workload{
+		Uid: uid, Name: p.Name, Namespace: p.Namespace, ServiceAccount: p.ServiceAccount,
+		Addresses: addrs, Node: z.cfg.Node,
 	}
 	z.mu.Lock()
 	_, dup := z.workloads[uid]
 	z.mu.Unlock()
 	if dup {
-		return fmt.Errorf("add workload %s: already enrolled", name)
+		return Listeners{}, fmt.Errorf("add workload %s: already enrolled", name)
 	}
 	if err := z.cfg.Identities.Prefetch(id); err != nil {
-		return fmt.Errorf("add workload %s: %w", name, err)
+		return Listeners{}, fmt.Errorf("add workload %s: %w", name, err)
 	}
 
 	var lns []net.Listener
@@ -255,12 +313,12 @@ func (z *Ztunnel) AddWorkload(uid string, socks sockets.Factory) error {
 	hboneLn, err := listen(z.cfg.HBONEPort)
 	if err != nil {
 		closeAll()
-		return err
+		return Listeners{}, err
 	}
 	plainLn, err := listen(PlaintextPort)
 	if err != nil {
 		closeAll()
-		return err
+		return Listeners{}, err
 	}
 	log := z.log.With("workload", name)
 	in, err := inbound.New(inbound.Config{
@@ -271,7 +329,7 @@ func (z *Ztunnel) AddWorkload(uid string, socks sockets.Factory) error {
 	})
 	if err != nil {
 		closeAll()
-		return fmt.Errorf("add workload %s: %w", name, err)
+		return Listeners{}, fmt.Errorf("add workload %s: %w", name, err)
 	}
 	pcfg := z.cfg.Pool
 	pcfg.Dial = z.hboneDialer(socks)
@@ -287,7 +345,7 @@ func (z *Ztunnel) AddWorkload(uid string, socks sockets.Factory) error {
 	pl, err := pool.New(pcfg)
 	if err != nil {
 		closeAll()
-		return fmt.Errorf("add workload %s: %w", name, err)
+		return Listeners{}, fmt.Errorf("add workload %s: %w", name, err)
 	}
 	var out *outbound.Proxy
 	if z.cfg.OriginalDst != nil {
@@ -295,7 +353,7 @@ func (z *Ztunnel) AddWorkload(uid string, socks sockets.Factory) error {
 		if err != nil {
 			closeAll()
 			pl.Close()
-			return err
+			return Listeners{}, err
 		}
 		out, err = outbound.New(outbound.Config{
 			UID: uid, Identity: id, Listener: outLn, OriginalDst: z.cfg.OriginalDst,
@@ -305,12 +363,12 @@ func (z *Ztunnel) AddWorkload(uid string, socks sockets.Factory) error {
 		if err != nil {
 			closeAll()
 			pl.Close()
-			return fmt.Errorf("add workload %s: %w", name, err)
+			return Listeners{}, fmt.Errorf("add workload %s: %w", name, err)
 		}
 	}
 
 	ctx, cancel := context.WithCancel(z.ctx)
-	e := &enrolled{uid: uid, name: name, identity: id, addrs: w.GetAddresses(), in: in, pool: pl, cancel: cancel, done: make(chan struct{})}
+	e := &enrolled{uid: uid, name: name, identity: id, addrs: addrs, in: in, pool: pl, cancel: cancel, done: make(chan struct{})}
 	z.mu.Lock()
 	z.workloads[uid] = e
 	z.mu.Unlock()
@@ -336,8 +394,8 @@ func (z *Ztunnel) AddWorkload(uid string, socks sockets.Factory) error {
 		pl.Close()
 		close(e.done)
 	}()
-	log.Info("workload enrolled", "identity", id.String(), "addresses", w.GetAddresses())
-	return nil
+	log.Info("workload enrolled", "identity", id.String(), "addresses", addrs)
+	return Listeners{HBONE: hboneLn, Plaintext: plainLn}, nil
 }
 
 // RemoveWorkload stops serving a workload and waits until its proxies have stopped.
@@ -368,6 +426,33 @@ func (z *Ztunnel) removeLocked(uid string) {
 		z.cfg.Identities.Forget(e.identity)
 	}
 	z.log.Info("workload removed", "workload", e.name, "uid", uid)
+}
+
+// identity is the SPIFFE ID of a pod, in the config's trust domain (Config.TrustDomain until the
+// first config).
+func (z *Ztunnel) identity(p Pod) (spiffeid.ID, error) {
+	td := z.cfg.TrustDomain
+	if v := z.cfg.Store.Load(); v != nil {
+		td = v.TrustDomain()
+	}
+	if td.IsZero() {
+		return spiffeid.ID{}, errors.New("no trust domain: no config yet and Config.TrustDomain is unset")
+	}
+	id, err := spiffeid.FromSegments(td, "ns", p.Namespace, "sa", p.ServiceAccount)
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("identity: %w", err)
+	}
+	return id, nil
+}
+
+// InPodListenAddr is Config.ListenAddr for in-pod sockets, where package redirect sends
+// connections: the outbound listener on 127.0.0.1, the inbound ones on the dual-stack wildcard.
+// (Native IPv6 destinations would need [::1]:15001 too; not bound yet.)
+func InPodListenAddr(_ *nodeconfig.Workload, port uint16) netip.AddrPort {
+	if port == OutboundPort {
+		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port)
+	}
+	return netip.AddrPortFrom(netip.IPv6Unspecified(), port)
 }
 
 func (z *Ztunnel) listenAddr(w *nodeconfig.Workload, port uint16) netip.AddrPort {

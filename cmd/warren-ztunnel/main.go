@@ -7,6 +7,10 @@
 // contract the controller pushes; re-read when it changes, a bad file keeps the last good config)
 // and signs certificates with a local CA read from files. Either way it enrolls this node's
 // meshed workloads by binding their listeners on their addresses.
+//
+// In-pod mode (--redirect-cgroup with --node-agent-socket) loads the eBPF redirect and serves the
+// node agent that warren-cni calls: pods are enrolled when created (and, from the pod records,
+// when already running), with the ztunnel's listeners inside each pod's network namespace.
 package main
 
 import (
@@ -35,9 +39,12 @@ import (
 
 	"github.com/warren-mesh/warren/api/nodeconfig"
 	"github.com/warren-mesh/warren/ca"
+	"github.com/warren-mesh/warren/redirect"
 	"github.com/warren-mesh/warren/ztunnel"
 	"github.com/warren-mesh/warren/ztunnel/configstream"
 	"github.com/warren-mesh/warren/ztunnel/identity"
+	"github.com/warren-mesh/warren/ztunnel/nodeagent"
+	"github.com/warren-mesh/warren/ztunnel/nodeagent/protocol"
 	"github.com/warren-mesh/warren/ztunnel/sockets"
 	"github.com/warren-mesh/warren/ztunnel/state"
 )
@@ -71,6 +78,9 @@ type options struct {
 	accessLog    bool
 	mark         bool
 	pollInterval time.Duration
+	agentSocket  string
+	cgroup       string
+	podStateDir  string
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -95,6 +105,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.accessLog, "access-log", true, "write one access-log line per connection at close")
 	fs.BoolVar(&o.mark, "mark", true, "set SO_MARK 0x539 on workload sockets (needs CAP_NET_ADMIN)")
 	fs.DurationVar(&o.pollInterval, "config-poll", 2*time.Second, "how often to check the config file for changes")
+	fs.StringVar(&o.agentSocket, "node-agent-socket", "", "in-pod mode: serve the node agent (for warren-cni) on this unix socket, e.g. "+protocol.DefaultSocket+"; needs --redirect-cgroup")
+	fs.StringVar(&o.cgroup, "redirect-cgroup", "", "in-pod mode: cgroup v2 directory the eBPF redirect attaches to (the kubepods cgroup); needs --node-agent-socket")
+	fs.StringVar(&o.podStateDir, "pod-state-dir", protocol.DefaultStateDir, "in-pod mode: where warren-cni records pods (to find running pods' netns)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -107,6 +120,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("--controller needs --ca-addr")
 	case o.controller != "" && o.caCert != "":
 		return o, errors.New("--ca-cert/--ca-key are for standalone mode; with --controller certificates come from --ca-addr")
+	}
+	if (o.agentSocket == "") != (o.cgroup == "") {
+		return o, errors.New("--node-agent-socket and --redirect-cgroup go together (in-pod mode)")
 	}
 	if o.node == "" {
 		return o, errors.New("--node (or $NODE_NAME) is required")
@@ -211,7 +227,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	if o.mark {
 		mark = sockets.Mark
 	}
-	zt, err := ztunnel.New(ztunnel.Config{
+	zcfg := ztunnel.Config{
 		Node:       o.node,
 		Store:      store,
 		Identities: ids,
@@ -226,15 +242,48 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		EnrollLocal: true,
 		AdminAddr:   o.adminAddr, MetricsAddr: o.metricsAddr, ReadyAddr: o.readyAddr,
 		Registry: reg, Log: log, AccessLog: accessLog, SecurityLog: securityLog,
-	})
+	}
+	var rd *redirect.Redirector
+	if o.cgroup != "" {
+		// In-pod mode: the eBPF redirect captures pods that the node agent enrolls.
+		if rd, err = redirect.New(redirect.Config{CgroupPath: o.cgroup}); err != nil {
+			return err
+		}
+		defer rd.Close()
+		zcfg.EnrollLocal = false
+		zcfg.Sockets = func(*nodeconfig.Workload) (sockets.Factory, error) {
+			return nil, errors.New("in-pod mode: pods are enrolled by the node agent")
+		}
+		zcfg.ListenAddr = ztunnel.InPodListenAddr
+		zcfg.OriginalDst = rd.OriginalDst
+		zcfg.TrustDomain = td
+	}
+	zt, err := ztunnel.New(zcfg)
 	if err != nil {
 		return err
 	}
 	if stream != nil {
 		go stream.Run(ctx)
 	}
+	agentDone := make(chan error, 1)
+	if rd != nil {
+		agent, err := nodeagent.New(nodeagent.Config{
+			Socket: o.agentSocket, Node: o.node, Ztunnel: zt, Redirect: rd, Store: store,
+			StateDir: o.podStateDir, Log: log,
+		})
+		if err != nil {
+			return err
+		}
+		go func() { agentDone <- agent.Run(ctx) }()
+	} else {
+		agentDone <- nil
+	}
 	log.Info("warren-ztunnel started", "controller", o.controller, "config", o.configFile, "addrs", fmt.Sprint(zt.Addrs()))
-	return zt.Run(ctx)
+	err = zt.Run(ctx)
+	if aerr := <-agentDone; aerr != nil && err == nil {
+		err = aerr
+	}
+	return err
 }
 
 func readConfig(path string) (*nodeconfig.Snapshot, error) {

@@ -28,6 +28,7 @@ func TestParseFlagsRejects(t *testing.T) {
 		{[]string{"--node", "n", "--controller", "c:15012", "--ca-addr", "c:15013", "--ca-cert", "a", "--ca-key", "b"}, "--ca-cert/--ca-key are for standalone mode"},
 		{[]string{"--config", "x.yaml", "--node", ""}, "--node (or $NODE_NAME) is required"},
 		{[]string{"--config", "x.yaml", "--node", "n", "--ca-cert", "c.pem"}, "--ca-cert and --ca-key go together"},
+		{[]string{"--node", "n", "--controller", "c:15012", "--ca-addr", "c:15013", "--node-agent-socket", "/tmp/a.sock"}, "--node-agent-socket and --redirect-cgroup go together"},
 		{[]string{"--bogus"}, "flag provided but not defined"},
 	}
 	for _, tc := range tests {

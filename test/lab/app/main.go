@@ -1,0 +1,125 @@
+// Command app is the lab's sample workload (test/lab builds it into
+// .cache/bin/warren-lab-app and runs it inside pod network namespaces):
+//
+//	app server --listen :8080 --name X   answers each line with "hello from X: <line>"
+//	app client --to IP:port --msg M      sends M, prints the answer, exits non-zero on failure
+//
+// MPTCP is off on both sides (Go enables it for listeners by default), so the
+// sockets are the plain TCP sockets the eBPF redirect hooks see.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprintln(os.Stderr, "usage: app server --listen :8080 --name X | app client --to IP:port --msg M")
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "server":
+		err = server(os.Args[2:])
+	case "client":
+		err = client(os.Args[2:], os.Stdout)
+	default:
+		err = fmt.Errorf("unknown command %q (want server or client)", os.Args[1])
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "app:", err)
+		os.Exit(1)
+	}
+}
+
+func server(args []string) error {
+	fs := flag.NewFlagSet("server", flag.ContinueOnError)
+	listen := fs.String("listen", ":8080", "TCP address to listen on")
+	name := fs.String("name", "", "name to answer with (default: the host name)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *name == "" {
+		*name, _ = os.Hostname()
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var lc net.ListenConfig
+	lc.SetMultipathTCP(false)
+	ln, err := lc.Listen(ctx, "tcp", *listen)
+	if err != nil {
+		return err
+	}
+	log.Printf("server %s listening on %s", *name, ln.Addr())
+	go func() { <-ctx.Done(); ln.Close() }()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		go serve(c, *name)
+	}
+}
+
+func serve(c net.Conn, name string) {
+	defer c.Close()
+	r := bufio.NewReader(c)
+	for {
+		line, err := r.ReadString('\n')
+		if line = strings.TrimRight(line, "\r\n"); line != "" || err == nil {
+			if _, werr := fmt.Fprintf(c, "hello from %s: %s\n", name, line); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+func client(args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("client", flag.ContinueOnError)
+	to := fs.String("to", "", "server address IP:port")
+	msg := fs.String("msg", "hi", "message to send (one line)")
+	timeout := fs.Duration("timeout", 5*time.Second, "overall timeout")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *to == "" {
+		return errors.New("client: --to is required")
+	}
+	d := net.Dialer{Timeout: *timeout}
+	d.SetMultipathTCP(false)
+	c, err := d.Dial("tcp", *to)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if err := c.SetDeadline(time.Now().Add(*timeout)); err != nil {
+		return err
+	}
+	if _, err := fmt.Fprintf(c, "%s\n", *msg); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("read answer from %s: %w", *to, err)
+	}
+	_, err = io.WriteString(stdout, line)
+	return err
+}
