@@ -55,6 +55,9 @@ type Config struct {
 	WarrenCNI string
 	// WarrenCNIConfig holds extra fields for warren-cni's entry in the conflist.
 	WarrenCNIConfig map[string]any
+	// WithZtunnel starts warren-ztunnel on every node before the pods (Up) and chains
+	// warren-cni with the node's agent socket, pod-record directory and the lab kubeconfig.
+	WithZtunnel bool
 	// Log receives progress lines (default os.Stderr).
 	Log io.Writer
 }
@@ -78,6 +81,8 @@ type Lab struct {
 	cgroupRoot string // <cgroup2 mount>/wrn-lab, once created
 	stopBeat   context.CancelFunc
 	appBuilt   bool
+	meshBuilt  bool
+	ztunnels   map[string]*Ztunnel
 	wg         sync.WaitGroup
 }
 
@@ -359,16 +364,6 @@ func (l *Lab) CARoot(ctx context.Context) ([]byte, error) {
 		return nil, err
 	}
 	return []byte(cm.Data["ca.crt"]), nil
-}
-
-// StartZtunnel is the hook for the mesh data plane: it will start warren-ztunnel for node
-// (NOT IMPLEMENTED YET; pending the node agent). The intended shape: the ztunnel runs in the
-// host network namespace (it reaches the API server and the controller on loopback, and enters
-// pod network namespaces itself), attaches its cgroup programs to the node's cgroup
-// (Node.Cgroup), authenticates with a TokenRequest token of warren-system/warren-ztunnel, and
-// serves the node agent socket that warren-cni calls (WarrenCNIConfig).
-func (l *Lab) StartZtunnel(ctx context.Context, node string) error {
-	return fmt.Errorf("StartZtunnel(%s): not implemented yet (pending warren-ztunnel node agent)", node)
 }
 
 // Teardown stops everything the lab started and removes what it created, by name: pod

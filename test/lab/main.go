@@ -5,7 +5,9 @@
 // network namespaces and cgroups, wired by the real reference CNI plugins the way a kubelet
 // and its container runtime do it. Root only.
 //
-//	go run ./test/lab up [--with-ztunnel] [--warren-cni auto|off|PATH] [--state DIR]
+//	go run ./test/lab demo                the whole story (mesh up, article policy, allow/deny,
+//	                                      capture of the wire), then teardown; exit 1 on a failed check
+//	go run ./test/lab up [--with-ztunnel=true|false] [--warren-cni auto|off|PATH] [--state DIR]
 //	    starts everything and stays in the foreground as the lab's supervisor; Ctrl-C or
 //	    SIGTERM tears it all down
 //	go run ./test/lab status              what runs (from <state>/lab.json) and kubectl get
@@ -28,6 +30,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -50,6 +53,8 @@ func main() {
 		err = cmdStatus(ctx, os.Args[2:])
 	case "exec":
 		err = cmdExec(ctx, os.Args[2:])
+	case "demo":
+		err = cmdDemo(ctx, os.Args[2:])
 	default:
 		usage()
 		os.Exit(2)
@@ -61,7 +66,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: lab up [--with-ztunnel] [--warren-cni auto|off|PATH] [--state DIR] | status | exec NS/POD -- CMD... | down  (see go doc ./test/lab)")
+	fmt.Fprintln(os.Stderr, "usage: lab demo | up [--with-ztunnel=false] [--warren-cni auto|off|PATH] [--state DIR] | status | exec NS/POD -- CMD... | down  (see go doc ./test/lab)")
 }
 
 // Scenario pods of the default scenario.
@@ -91,6 +96,7 @@ func Up(ctx context.Context, cfg Config, nodes int, withController bool, pods []
 			}
 		}
 		var prev *Node
+		var names []string
 		for i := 1; i <= nodes; i++ {
 			n, err := l.AddNode(ctx, i)
 			if err != nil {
@@ -102,6 +108,14 @@ func Up(ctx context.Context, cfg Config, nodes int, withController bool, pods []
 				}
 			}
 			prev = n
+			names = append(names, n.Name)
+		}
+		if cfg.WithZtunnel {
+			for _, n := range names {
+				if err := l.StartZtunnel(ctx, n); err != nil {
+					return err
+				}
+			}
 		}
 		for _, ps := range pods {
 			if _, err := l.AddPod(ctx, ps); err != nil {
@@ -134,12 +148,12 @@ func cmdUp(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("up", flag.ContinueOnError)
 	state := fs.String("state", "/tmp/wrn-lab", "state directory")
 	warrenCNI := fs.String("warren-cni", "auto", "warren-cni plugin to chain after bridge: auto (.cache/bin/warren-cni if built), off, or a path")
-	withZtunnel := fs.Bool("with-ztunnel", false, "start warren-ztunnel on every node (PENDING: not implemented yet, the node agent is being built)")
+	withZtunnel := fs.Bool("with-ztunnel", true, "start warren-ztunnel on every node (before the pods) and chain warren-cni to its node agent")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	start := time.Now()
-	l, err := Up(ctx, Config{StateDir: *state, WarrenCNI: *warrenCNI}, 2, true, defaultPods)
+	l, err := Up(ctx, Config{StateDir: *state, WarrenCNI: *warrenCNI, WithZtunnel: *withZtunnel}, 2, true, defaultPods)
 	if err != nil {
 		return err
 	}
@@ -151,19 +165,18 @@ func cmdUp(ctx context.Context, args []string) error {
 		}
 		fmt.Printf("lab: down in %v\n", time.Since(t).Round(time.Millisecond))
 	}()
-	if *withZtunnel {
-		for _, n := range []string{"node-1", "node-2"} {
-			if err := l.StartZtunnel(ctx, n); err != nil {
-				return err
-			}
-		}
-	}
 	b := l.Pod("default", "service-b")
 	out, err := l.Exec(ctx, "default", "service-a", "app", "client", "--to", b.IP.String()+":8080", "--msg", "ping across nodes")
 	if err != nil {
 		return fmt.Errorf("cross-node check service-a -> service-b: %w", err)
 	}
-	fmt.Printf("\ncheck: service-a (node-1) -> service-b %s:8080 (node-2), no mesh: %s", b.IP, out)
+	fmt.Printf("\ncheck: service-a (node-1) -> service-b %s:8080 (node-2), namespace default not ambient yet: %s", b.IP, out)
+	mesh := "Mesh data plane: off (--with-ztunnel=false)."
+	if *withZtunnel {
+		mesh = "Mesh data plane: warren-ztunnel on node-1 and node-2 (logs " + filepath.Join(l.StateDir(), "logs") + "/warren-ztunnel-node-*.log).\n" +
+			"  kubectl label ns default warren.dev/dataplane-mode=ambient     # enrolls the running pods\n" +
+			"  kubectl apply -n default -f test/lab/testdata/article.yaml"
+	}
 	fmt.Printf(`
 Warren lab up in %v (state and logs in %s).
 
@@ -175,9 +188,9 @@ Warren lab up in %v (state and logs in %s).
   nsenter --net=/run/netns/wrn-lab-node1 tcpdump -ni to-node2     # the inter-node wire
 
 warren-controller: push %s, CA %s (root in ConfigMap warren-system/warren-ca-root).
-Mesh data plane (warren-ztunnel per node, --with-ztunnel): pending.
+%s
 Ctrl-C (or SIGTERM to pid %d) tears everything down.
-`, time.Since(start).Round(time.Millisecond), l.StateDir(), l.Kubeconfig, b.IP, l.PushAddr, l.CAAddr, os.Getpid())
+`, time.Since(start).Round(time.Millisecond), l.StateDir(), l.Kubeconfig, b.IP, l.PushAddr, l.CAAddr, mesh, os.Getpid())
 	<-ctx.Done()
 	return nil
 }

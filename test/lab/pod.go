@@ -265,7 +265,7 @@ func (l *Lab) cniConfList(node *Node) (map[string]any, error) {
 	}}
 	if wc := l.warrenCNI(); wc != "" {
 		entry := map[string]any{"type": filepath.Base(wc)}
-		for k, v := range l.cfg.WarrenCNIConfig {
+		for k, v := range l.warrenCNIConfig(node) {
 			entry[k] = v
 		}
 		plugins = append(plugins, entry)
@@ -326,7 +326,14 @@ func (l *Lab) execPlugin(ctx context.Context, node *Node, cmd string, p *Pod, co
 	if err != nil {
 		return nil, err
 	}
-	out, err := runIn(ctx, node.NetnsPath, "", stdin, l.cniEnv(cmd, p), bin)
+	netns := node.NetnsPath
+	if wc := l.warrenCNI(); wc != "" && typ == filepath.Base(wc) {
+		// warren-cni runs in the host network namespace, like the ztunnel whose node agent it
+		// calls: it reads the Pod from the API server, which listens on the host's loopback
+		// (the node netns stands for the node's pod-facing network only).
+		netns = ""
+	}
+	out, err := runIn(ctx, netns, "", stdin, l.cniEnv(cmd, p), bin)
 	if err != nil {
 		return nil, fmt.Errorf("CNI %s %s for pod %s: %w (stdout %s)", typ, cmd, p.Key(), err, strings.TrimSpace(string(out)))
 	}

@@ -107,10 +107,13 @@ func (l *Lab) startProcess(name, bin string, args, env []string) (*Proc, error) 
 	return p, nil
 }
 
-// runIn runs a command to completion in a network namespace (and cgroup, if not empty) and
+// runIn runs a command to completion in a network namespace ("": the lab's own) (and cgroup, if not empty) and
 // returns its stdout; the error carries stderr.
 func runIn(ctx context.Context, netnsPath, cgroupDir string, stdin []byte, env []string, bin string, args ...string) ([]byte, error) {
 	argv := append([]string{"nsenter", "--net=" + netnsPath, "--", bin}, args...)
+	if netnsPath == "" { // the lab's own (host) network namespace
+		argv = append([]string{bin}, args...)
+	}
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), env...)
 	if stdin != nil {

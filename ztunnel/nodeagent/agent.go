@@ -80,6 +80,9 @@ type enrollment struct {
 	cookie  uint64
 	socks   sockets.Factory
 	inbound *redirect.Inbound
+	// inConfig: the config has had the pod as an HBONE workload, so its disappearing from the
+	// config later means it left the mesh (the controller omits non-member pods).
+	inConfig bool
 }
 
 // New checks cfg and binds the socket (mode 0600).
@@ -384,9 +387,10 @@ func (a *Agent) Reconcile(v *state.View) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for uid := range a.pods {
+	for uid, e := range a.pods {
 		w := v.WorkloadByUID(uid)
-		if w != nil && w.GetTunnelProtocol() != nodeconfig.TunnelProtocol_TUNNEL_PROTOCOL_HBONE {
+		gone := w == nil && e.inConfig // the controller leaves non-member pods out
+		if gone || w != nil && w.GetTunnelProtocol() != nodeconfig.TunnelProtocol_TUNNEL_PROTOCOL_HBONE {
 			if err := a.removeLocked(uid, "not in the mesh any more"); err != nil {
 				a.log.Error("un-enroll pod", "uid", uid, "error", err)
 			}
@@ -421,6 +425,11 @@ func (a *Agent) Reconcile(v *state.View) {
 	for uid := range a.unknown {
 		if w := v.WorkloadByUID(uid); w == nil || w.GetTunnelProtocol() != nodeconfig.TunnelProtocol_TUNNEL_PROTOCOL_HBONE {
 			delete(a.unknown, uid)
+		}
+	}
+	for uid, e := range a.pods {
+		if w := v.WorkloadByUID(uid); w != nil && w.GetTunnelProtocol() == nodeconfig.TunnelProtocol_TUNNEL_PROTOCOL_HBONE {
+			e.inConfig = true
 		}
 	}
 }

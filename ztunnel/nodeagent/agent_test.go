@@ -239,6 +239,10 @@ func TestReconcile(t *testing.T) {
 	}
 	store.Swap(build(wl("running", none), wl("unknown", hb), wl("plain", hb)))
 	wait("new", "plain")
+	// A pod the config had and now omits (namespace un-labelled; the controller leaves
+	// non-members out) is un-enrolled; "new" was never in the config and stays.
+	store.Swap(build(wl("unknown", hb)))
+	wait("new")
 }
 
 func waitABit() { <-time.After(10 * time.Millisecond) }

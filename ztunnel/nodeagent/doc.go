@@ -23,9 +23,10 @@
 // workload of this node with TUNNEL_PROTOCOL_HBONE that is not enrolled is enrolled if
 // Config.NetnsFor finds its network namespace (by default, the pod records warren-cni leaves in
 // Config.StateDir), and every enrolled pod whose workload the config now has with another tunnel
-// protocol (its namespace was un-labelled) is un-enrolled; its record stays, so labelling again
-// enrolls it again. A pod missing from the config is left alone: a brand-new pod is enrolled
-// before the controller has even seen its IP. Pods started before warren-cni was installed have no
+// protocol, or that the config had as an HBONE workload and now lacks (its namespace was
+// un-labelled: warren-controller leaves non-member pods out unless a Service needs them), is
+// un-enrolled; its record stays, so labelling again enrolls it again. A pod the config has never
+// had is left alone: a brand-new pod is enrolled before the controller has even seen its IP. Pods started before warren-cni was installed have no
 // record and are enrolled once restarted.
 //
 // # Failure stance

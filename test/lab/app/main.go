@@ -3,6 +3,7 @@
 //
 //	app server --listen :8080 --name X   answers each line with "hello from X: <line>"
 //	app client --to IP:port --msg M      sends M, prints the answer, exits non-zero on failure
+//	           [--show-peer]             first prints "peer: <getpeername of the socket>"
 //
 // MPTCP is off on both sides (Go enables it for listeners by default), so the
 // sockets are the plain TCP sockets the eBPF redirect hooks see.
@@ -17,11 +18,14 @@ import (
 	"io"
 	"log"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func main() {
@@ -97,6 +101,7 @@ func client(args []string, stdout io.Writer) error {
 	to := fs.String("to", "", "server address IP:port")
 	msg := fs.String("msg", "hi", "message to send (one line)")
 	timeout := fs.Duration("timeout", 5*time.Second, "overall timeout")
+	showPeer := fs.Bool("show-peer", false, "print the connected socket's peer address (getpeername) before the answer")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -113,6 +118,15 @@ func client(args []string, stdout io.Writer) error {
 	if err := c.SetDeadline(time.Now().Add(*timeout)); err != nil {
 		return err
 	}
+	if *showPeer {
+		peer, err := getpeername(c.(*net.TCPConn))
+		if err != nil {
+			return err
+		}
+		if _, err := fmt.Fprintf(stdout, "peer: %s\n", peer); err != nil {
+			return err
+		}
+	}
 	if _, err := fmt.Fprintf(c, "%s\n", *msg); err != nil {
 		return err
 	}
@@ -122,4 +136,27 @@ func client(args []string, stdout io.Writer) error {
 	}
 	_, err = io.WriteString(stdout, line)
 	return err
+}
+
+// getpeername asks the kernel (not Go's cached RemoteAddr) for the socket's peer.
+func getpeername(c *net.TCPConn) (string, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return "", err
+	}
+	var sa unix.Sockaddr
+	var serr error
+	if err := rc.Control(func(fd uintptr) { sa, serr = unix.Getpeername(int(fd)) }); err != nil {
+		return "", err
+	}
+	if serr != nil {
+		return "", fmt.Errorf("getpeername: %w", serr)
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port)).String(), nil
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port)).String(), nil
+	}
+	return fmt.Sprintf("%v", sa), nil
 }

@@ -1,0 +1,259 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	authnv1 "k8s.io/api/authentication/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+)
+
+// Ztunnel is a node's warren-ztunnel as the lab runs it.
+type Ztunnel struct {
+	Node string
+	// Socket is the node agent's unix socket (warren-cni's nodeAgentSocket); PodStateDir is where
+	// warren-cni records the node's pods.
+	Socket, PodStateDir string
+	// TokenFile holds the pod-bound ServiceAccount token; CARootFile the controller's roots.
+	TokenFile, CARootFile string
+	// AdminAddr, MetricsAddr, ReadyAddr are on loopback, distinct per node.
+	AdminAddr, MetricsAddr, ReadyAddr string
+	// LogPath is the ztunnel's output (component, access and security logs, JSON lines).
+	LogPath string
+
+	bin  string
+	args []string
+	proc *Proc
+}
+
+// Ztunnel returns the node's ztunnel (nil before StartZtunnel).
+func (l *Lab) Ztunnel(node string) *Ztunnel {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.ztunnels[node]
+}
+
+// nodeDir is /tmp/wrn-lab/<node>: the node's socket and pod records (a short path: unix
+// socket paths are limited to 107 bytes).
+func (l *Lab) nodeDir(node string) string {
+	return filepath.Join(l.cfg.StateDir, node)
+}
+
+// warrenCNIConfig is warren-cni's conflist entry for a node: its node agent, pod records and
+// the lab kubeconfig (membership by the namespace/pod label, identity from the Pod).
+func (l *Lab) warrenCNIConfig(node *Node) map[string]any {
+	conf := map[string]any{}
+	if l.Ztunnel(node.Name) != nil || l.cfg.WithZtunnel {
+		dir := l.nodeDir(node.Name)
+		conf["nodeAgentSocket"] = filepath.Join(dir, "agent.sock")
+		conf["stateDir"] = filepath.Join(dir, "pods")
+		conf["kubeconfig"] = l.Kubeconfig
+	}
+	for k, v := range l.cfg.WarrenCNIConfig {
+		conf[k] = v
+	}
+	return conf
+}
+
+// StartZtunnel builds warren-ztunnel and warren-cni (once), creates the Pod object
+// warren-system/warren-ztunnel-<node> (ServiceAccount warren-ztunnel, nodeName node) and a
+// TokenRequest bound to it (audience warren-ca, 24h), and runs warren-ztunnel in the host network
+// namespace (it reaches the controller on loopback and enters pod netns itself) in in-pod mode:
+// eBPF redirect attached to the node's cgroup, node agent on <state>/<node>/agent.sock. It waits
+// until readiness answers 200 (the ztunnel has its first config).
+func (l *Lab) StartZtunnel(ctx context.Context, node string) error {
+	n := l.Node(node)
+	if n == nil {
+		return fmt.Errorf("StartZtunnel: no node %q", node)
+	}
+	if l.PushAddr == "" {
+		return errors.New("StartZtunnel: warren-controller not started")
+	}
+	if err := l.buildMeshBinaries(ctx); err != nil {
+		return err
+	}
+	dir := l.nodeDir(node)
+	z := &Ztunnel{
+		Node: node, Socket: filepath.Join(dir, "agent.sock"), PodStateDir: filepath.Join(dir, "pods"),
+		TokenFile: filepath.Join(dir, "token"), CARootFile: filepath.Join(l.cfg.StateDir, "ca-root.pem"),
+		LogPath: filepath.Join(l.cfg.StateDir, "logs", "warren-ztunnel-"+node+".log"),
+		bin:     filepath.Join(l.cfg.BinDir, "warren-ztunnel"),
+	}
+	idx := strings.TrimPrefix(n.Short, "node")
+	z.AdminAddr, z.MetricsAddr, z.ReadyAddr = "127.0.0.1:1500"+idx, "127.0.0.1:1502"+idx, "127.0.0.1:1503"+idx
+	_ = os.Remove(z.LogPath) // a fresh log per lab (RestartZtunnel appends)
+	if err := os.MkdirAll(z.PodStateDir, 0o755); err != nil {
+		return err
+	}
+	root, err := l.CARoot(ctx)
+	if err != nil {
+		return fmt.Errorf("ztunnel %s: CA root: %w", node, err)
+	}
+	if err := os.WriteFile(z.CARootFile, root, 0o644); err != nil {
+		return err
+	}
+	if err := l.ztunnelToken(ctx, n, z.TokenFile); err != nil {
+		return err
+	}
+	z.args = []string{
+		"--node", node, "--controller", l.PushAddr, "--ca-addr", l.CAAddr,
+		"--ca-root-file", z.CARootFile, "--token-file", z.TokenFile,
+		"--node-agent-socket", z.Socket, "--redirect-cgroup", n.Cgroup, "--pod-state-dir", z.PodStateDir,
+		"--admin-addr", z.AdminAddr, "--metrics-addr", z.MetricsAddr, "--ready-addr", z.ReadyAddr,
+	}
+	l.mu.Lock()
+	if l.ztunnels == nil {
+		l.ztunnels = map[string]*Ztunnel{}
+	}
+	l.ztunnels[node] = z
+	l.mu.Unlock()
+	return l.RestartZtunnel(ctx, node)
+}
+
+// RestartZtunnel (re)starts a node's ztunnel process with the arguments of StartZtunnel and
+// waits for its readiness.
+func (l *Lab) RestartZtunnel(ctx context.Context, node string) error {
+	z := l.Ztunnel(node)
+	if z == nil {
+		return fmt.Errorf("no ztunnel on %s", node)
+	}
+	if z.proc != nil && !z.proc.Exited() {
+		return fmt.Errorf("ztunnel on %s still runs (pid %d)", node, z.proc.Pid())
+	}
+	// A socket left by a killed process would make the new one fail to bind.
+	_ = os.Remove(z.Socket)
+	start := time.Now()
+	p, err := l.startProcess("warren-ztunnel-"+node, z.bin, z.args, nil)
+	if err != nil {
+		return err
+	}
+	z.proc = p
+	if err := waitReady(ctx, "http://"+z.ReadyAddr+"/healthz/ready", p, 60*time.Second); err != nil {
+		return fmt.Errorf("warren-ztunnel on %s: %w; see %s", node, err, z.LogPath)
+	}
+	l.logf("warren-ztunnel on %s ready in %v (pid %d, agent %s, admin %s, log %s)",
+		node, time.Since(start).Round(time.Millisecond), p.Pid(), z.Socket, z.AdminAddr, z.LogPath)
+	return nil
+}
+
+// KillZtunnel kills a node's ztunnel with SIGKILL (a crash: no cleanup runs) and waits for it.
+func (l *Lab) KillZtunnel(node string) error {
+	z := l.Ztunnel(node)
+	if z == nil || z.proc == nil {
+		return fmt.Errorf("no ztunnel on %s", node)
+	}
+	_ = z.proc.cmd.Process.Kill()
+	<-z.proc.done
+	return nil
+}
+
+// StopController stops warren-controller (SIGTERM).
+func (l *Lab) StopController() error {
+	l.mu.Lock()
+	p := l.procs["warren-controller"]
+	l.mu.Unlock()
+	if p == nil {
+		return errors.New("warren-controller not running")
+	}
+	return p.Stop(5 * time.Second)
+}
+
+func waitReady(ctx context.Context, url string, p *Proc, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	hc := &http.Client{Timeout: time.Second}
+	last := "no answer"
+	for {
+		resp, err := hc.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = resp.Status
+		} else {
+			last = err.Error()
+		}
+		if p.Exited() {
+			return fmt.Errorf("exited during start (%v)", p.err)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready within %v (%s)", timeout, last)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (l *Lab) buildMeshBinaries(ctx context.Context) error {
+	l.mu.Lock()
+	built := l.meshBuilt
+	l.mu.Unlock()
+	if built {
+		return nil
+	}
+	for _, b := range []string{"warren-ztunnel", "warren-cni"} {
+		if _, err := l.GoBuild(ctx, "./cmd/"+b, b); err != nil {
+			return err
+		}
+	}
+	l.mu.Lock()
+	l.meshBuilt = true
+	l.mu.Unlock()
+	return nil
+}
+
+// ztunnelToken creates (or reuses) the ztunnel's Pod object on the node, marks it Running, and
+// writes a 24h token of warren-system/warren-ztunnel bound to it (audience warren-ca) to path.
+func (l *Lab) ztunnelToken(ctx context.Context, n *Node, path string) error {
+	name := "warren-ztunnel-" + n.Name
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: SystemNamespace, Name: name, Labels: map[string]string{"app": "warren-ztunnel"}},
+		Spec: corev1.PodSpec{
+			NodeName: n.Name, ServiceAccountName: "warren-ztunnel", HostNetwork: true,
+			Containers: []corev1.Container{{Name: "ztunnel", Image: "warren-lab/warren-ztunnel:local"}},
+		},
+	}
+	err := l.Client.Create(ctx, pod)
+	if apierrors.IsAlreadyExists(err) {
+		err = l.Client.Get(ctx, client.ObjectKeyFromObject(pod), pod)
+	}
+	if err != nil {
+		return fmt.Errorf("ztunnel pod %s: %w", name, err)
+	}
+	now := metav1.Now()
+	pod.Status = corev1.PodStatus{
+		Phase: corev1.PodRunning, HostIP: n.IP.String(), PodIP: n.IP.String(), StartTime: &now,
+		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now}},
+	}
+	if err := l.Client.Status().Update(ctx, pod); err != nil {
+		return fmt.Errorf("ztunnel pod %s status: %w", name, err)
+	}
+	exp := int64(24 * 3600)
+	tr := &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
+		Audiences:         []string{"warren-ca"},
+		ExpirationSeconds: &exp,
+		BoundObjectRef:    &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
+	}}
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: SystemNamespace, Name: "warren-ztunnel"}}
+	if err := l.Client.SubResource("token").Create(ctx, sa, tr); err != nil {
+		return fmt.Errorf("token for %s: %w", name, err)
+	}
+	if left := time.Until(tr.Status.ExpirationTimestamp.Time); left < time.Hour {
+		l.logf("warning: the API server capped the ztunnel token of %s at %v", n.Name, left.Round(time.Second))
+	}
+	return os.WriteFile(path, []byte(tr.Status.Token), 0o600)
+}
