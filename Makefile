@@ -10,7 +10,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 PROTOC_GEN_GO_GRPC := $(BIN)/protoc-gen-go-grpc
 BINARIES := warren-ztunnel warren-controller warren-cni
 
-.PHONY: all build demo envtest-bins lab-bins test test-unit lint generate generate-check deps tools bench clean
+.PHONY: all build demo demo-inprocess envtest-bins lab-bins test test-unit lint generate generate-check deps tools bench clean
 
 all: build
 
@@ -36,8 +36,15 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
 
-## demo: the main job: the L4 mesh on an embedded default config, with real traffic.
-demo:
+## demo: the main job (root): the local two-node lab with a real control plane, warren-controller,
+## a warren-ztunnel per node and warren-cni; the article's policy applied with kubectl; allowed
+## and denied traffic, the security event, a capture of the inter-node link; then teardown.
+## The first run builds kube-apiserver and etcd (~6-12 min on two cores); later runs take ~20 s.
+demo: deps envtest-bins lab-bins
+	$(GO) run ./test/lab demo
+
+## demo-inprocess: the same policy with two in-process ztunnels on loopback (no root, no eBPF).
+demo-inprocess:
 	$(GO) run ./test/demo
 
 ## envtest-bins: kube-apiserver and etcd for the control-plane tier, built from test/tools into
