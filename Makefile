@@ -19,6 +19,8 @@ deps:
 	@need=""; \
 	command -v protoc >/dev/null || need="$$need protobuf-compiler"; \
 	command -v ip >/dev/null || need="$$need iproute2"; \
+	command -v nsenter >/dev/null || need="$$need util-linux"; \
+	command -v kubectl >/dev/null || need="$$need kubectl"; \
 	if [ -n "$$need" ]; then \
 		echo "installing:$$need"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
