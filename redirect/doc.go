@@ -50,10 +50,15 @@
 //
 // # Limits
 //
-//   - Programs stay attached while the [Redirector] is open; closing it, or the process exiting,
-//     detaches them (bpf_link semantics, nothing is pinned), after which pods connect directly.
-//     While attached, a pod whose ztunnel listener is gone fails closed: outbound connects are
-//     refused by the empty 127.0.0.1:15001, inbound ones by the sk_lookup program.
+//   - While attached, a pod whose ztunnel listener is gone fails closed: outbound connects are
+//     refused by the empty 127.0.0.1:15001, inbound ones dropped by the sk_lookup program (the
+//     listener's SOCKMAP entry goes with the socket). Without [Config.PinPath] the programs are
+//     bpf_links owned by the process: closing the [Redirector], or the process exiting, detaches
+//     them and pods connect directly. With it (warren-ztunnel: --bpf-pin-path, on a mounted
+//     bpffs) the links and maps are pinned and outlive the process, so a crashed or stopped
+//     ztunnel leaves its pods captured (fail closed) until the next one adopts the pins;
+//     [Redirector.Uninstall] removes them. Pins of pods deleted while no ztunnel ran stay until
+//     Uninstall (they hold no netns; their entries are inert).
 //   - MPTCP applications are redirected and [Redirector.OriginalDst] works (the hooks see the
 //     first subflow), but their getpeername shows the listener's address: getpeername runs for
 //     the MPTCP socket, whose cookie differs from the subflow's.

@@ -19,6 +19,7 @@ type Inbound struct {
 	netnsCookie uint64
 	coll        *ebpf.Collection
 	link        link.Link
+	pin         string // "" if not pinned
 }
 
 // AttachInbound captures new TCP connections to the pod whose netns the two listeners were
@@ -27,7 +28,10 @@ type Inbound struct {
 // created inside the same pod netns with MPTCP off. The listeners stay owned by the caller; if one
 // is closed, connections it would have received are refused (fail closed).
 //
-// One attachment per netns: attaching again fails until the previous one is closed.
+// One attachment per netns and Redirector: attaching again fails until the previous one is
+// closed. With [Config.PinPath] the link is pinned as pods/<netns cookie>; a link pinned there by
+// a previous process is adopted (its program replaced atomically), so a restarted ztunnel
+// re-enrolling its pods takes them over without a window where they are not captured.
 func (r *Redirector) AttachInbound(hbone, plaintext net.Listener) (*Inbound, error) {
 	var hboneNS, plainNS uint64
 	var nsfd int = -1
@@ -81,12 +85,14 @@ func (r *Redirector) AttachInbound(hbone, plaintext net.Listener) (*Inbound, err
 			return nil, fmt.Errorf("redirect: attach inbound: add listener %s to sockmap: %w", l.ln.Addr(), err)
 		}
 	}
-	lk, err := link.AttachNetNs(nsfd, coll.Programs[progSkLookup])
+	prog := coll.Programs[progSkLookup]
+	pin := r.podPin(hboneNS)
+	lk, err := attachPinned(pin, prog, func() (link.Link, error) { return link.AttachNetNs(nsfd, prog) })
 	if err != nil {
 		coll.Close()
 		return nil, fmt.Errorf("redirect: attach sk_lookup to netns %d: %w", hboneNS, err)
 	}
-	in := &Inbound{r: r, netnsCookie: hboneNS, coll: coll, link: lk}
+	in := &Inbound{r: r, netnsCookie: hboneNS, coll: coll, link: lk, pin: pin}
 	r.attached[hboneNS] = in
 	return in, nil
 }
@@ -94,7 +100,8 @@ func (r *Redirector) AttachInbound(hbone, plaintext net.Listener) (*Inbound, err
 // NetnsCookie returns the cookie of the netns this attachment captures.
 func (in *Inbound) NetnsCookie() uint64 { return in.netnsCookie }
 
-// Close detaches the program; new connections to the pod reach it directly again.
+// Close detaches the program and removes its pin, if any (un-enrolling the pod); new connections
+// to the pod reach it directly again.
 func (in *Inbound) Close() error {
 	in.r.mu.Lock()
 	if in.r.attached[in.netnsCookie] != in {
@@ -103,7 +110,11 @@ func (in *Inbound) Close() error {
 	}
 	delete(in.r.attached, in.netnsCookie)
 	in.r.mu.Unlock()
-	if err := in.close(); err != nil {
+	var uerr error
+	if in.pin != "" {
+		uerr = in.link.Unpin()
+	}
+	if err := errors.Join(uerr, in.close()); err != nil {
 		return fmt.Errorf("redirect: detach inbound netns %d: %w", in.netnsCookie, err)
 	}
 	return nil

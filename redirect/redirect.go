@@ -41,6 +41,15 @@ type Config struct {
 	HBONEPort uint16
 	// Mark is the SO_MARK of the ztunnel's own sockets, which are never redirected. Default 0x539.
 	Mark uint32
+	// PinPath, if set, is a directory on a bpf filesystem (e.g. /sys/fs/bpf/warren/<node>, created
+	// if missing) where the links and maps are pinned so the redirect outlives the process: if it
+	// dies, enrolled pods stay captured and fail closed (outbound connects are refused by the
+	// empty 127.0.0.1:15001, inbound ones dropped by the sk_lookup program). [New] and
+	// [Redirector.AttachInbound] adopt what a previous process pinned there, replacing its
+	// programs atomically. [Redirector.Close] keeps the pins; [Redirector.Uninstall] removes them.
+	// One PinPath per Redirector: two running with the same PinPath take each other's links.
+	// Empty: nothing is pinned and the programs detach when the process ends.
+	PinPath string
 }
 
 func (c Config) withDefaults() Config {
@@ -73,7 +82,9 @@ type Redirector struct {
 }
 
 // New checks the kernel ([Probe]), loads the programs and attaches the outbound ones to
-// cfg.CgroupPath with bpf_links. Pods are redirected once enrolled. Close detaches everything.
+// cfg.CgroupPath with bpf_links. Pods are redirected once enrolled. Without [Config.PinPath],
+// Close detaches everything; with it, New adopts the pinned maps and links of a previous process
+// (its enrolled pods stay enrolled) and Close keeps them (see [Redirector.Uninstall]).
 func New(cfg Config) (*Redirector, error) {
 	cfg = cfg.withDefaults()
 	if cfg.CgroupPath == "" {
@@ -89,7 +100,19 @@ func New(cfg Config) (*Redirector, error) {
 	}
 
 	spec := outboundSpec(cfg.Mark)
-	coll, err := ebpf.NewCollection(spec)
+	var opts ebpf.CollectionOptions
+	if cfg.PinPath != "" {
+		if err := preparePinPath(cfg.PinPath); err != nil {
+			return nil, err
+		}
+		// Maps pinned by name: an existing compatible pin is loaded and reused (the enrolled pods
+		// and the connection records of the previous process carry over), else created and pinned.
+		for _, m := range spec.Maps {
+			m.Pinning = ebpf.PinByName
+		}
+		opts.Maps.PinPath = cfg.PinPath
+	}
+	coll, err := ebpf.NewCollectionWithOptions(spec, opts)
 	if err != nil {
 		return nil, fmt.Errorf("redirect: load outbound programs: %w", err)
 	}
@@ -111,10 +134,12 @@ func New(cfg Config) (*Redirector, error) {
 	// sockops first: a connection redirected by connect4/6 must always find its record.
 	for _, name := range []string{progSockops, progGetpeername4, progGetpeername6, progConnect4, progConnect6} {
 		prog := coll.Programs[name]
-		l, err := link.AttachRawLink(link.RawLinkOptions{
-			Target:  int(cg.Fd()),
-			Program: prog,
-			Attach:  spec.Programs[name].AttachType,
+		l, err := attachPinned(r.linkPin(name), prog, func() (link.Link, error) {
+			return link.AttachRawLink(link.RawLinkOptions{
+				Target:  int(cg.Fd()),
+				Program: prog,
+				Attach:  spec.Programs[name].AttachType,
+			})
 		})
 		if err != nil {
 			r.Close()
@@ -196,8 +221,11 @@ func (r *Redirector) OriginalDstOf(netnsCookie uint64, client netip.AddrPort) (n
 	return netip.AddrPortFrom(netip.AddrFrom16(v.Addr).Unmap(), binary.BigEndian.Uint16(v.Port[:])), nil
 }
 
-// Close detaches every program (outbound and all inbound attachments) and frees the maps.
-// Redirected connections that are open stay open. Close is idempotent.
+// Close releases the programs, maps and links this process holds. Without [Config.PinPath] that
+// detaches every program (outbound and all inbound attachments) and frees the maps. With it, the
+// pinned links and maps stay: enrolled pods stay captured and fail closed until a new Redirector
+// with the same PinPath adopts them (a restart or upgrade), or [Redirector.Uninstall] removes
+// them. Redirected connections that are open stay open. Close is idempotent.
 func (r *Redirector) Close() error {
 	r.mu.Lock()
 	if r.closed {
@@ -226,4 +254,18 @@ func (r *Redirector) Close() error {
 		return fmt.Errorf("redirect: close: %w", err)
 	}
 	return nil
+}
+
+// Uninstall is Close, then, with [Config.PinPath], detaches every link pinned under PinPath
+// (including pods' inbound links left by earlier processes) and removes PinPath: enrolled pods
+// connect directly again. It is for removing Warren from the node, not for a restart (which
+// must keep the pods fail closed). It may be called after Close.
+func (r *Redirector) Uninstall() error {
+	err := r.Close()
+	if r.cfg.PinPath != "" {
+		if perr := removePins(r.cfg.PinPath); perr != nil {
+			err = errors.Join(err, fmt.Errorf("redirect: uninstall: %w", perr))
+		}
+	}
+	return err
 }

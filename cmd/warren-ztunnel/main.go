@@ -10,7 +10,10 @@
 //
 // In-pod mode (--redirect-cgroup with --node-agent-socket) loads the eBPF redirect and serves the
 // node agent that warren-cni calls: pods are enrolled when created (and, from the pod records,
-// when already running), with the ztunnel's listeners inside each pod's network namespace.
+// when already running), with the ztunnel's listeners inside each pod's network namespace. The
+// redirect is pinned under --bpf-pin-path (a mounted bpffs), so if the ztunnel stops or crashes its
+// pods stay captured and fail closed until the next one adopts the pins; uninstalling Warren from
+// a node must remove that directory (redirect.Redirector.Uninstall).
 package main
 
 import (
@@ -81,6 +84,7 @@ type options struct {
 	agentSocket  string
 	cgroup       string
 	podStateDir  string
+	bpfPinPath   string
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -108,6 +112,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.agentSocket, "node-agent-socket", "", "in-pod mode: serve the node agent (for warren-cni) on this unix socket, e.g. "+protocol.DefaultSocket+"; needs --redirect-cgroup")
 	fs.StringVar(&o.cgroup, "redirect-cgroup", "", "in-pod mode: cgroup v2 directory the eBPF redirect attaches to (the kubepods cgroup); needs --node-agent-socket")
 	fs.StringVar(&o.podStateDir, "pod-state-dir", protocol.DefaultStateDir, "in-pod mode: where warren-cni records pods (to find running pods' netns)")
+	fs.StringVar(&o.bpfPinPath, "bpf-pin-path", "", "in-pod mode: bpffs directory where the eBPF redirect is pinned so pods stay captured (fail closed) while no ztunnel runs; a restarted ztunnel adopts it (default /sys/fs/bpf/warren/<node>; \"none\": do not pin, pods connect directly when the ztunnel is gone)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -126,6 +131,16 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if o.node == "" {
 		return o, errors.New("--node (or $NODE_NAME) is required")
+	}
+	switch {
+	case o.cgroup == "":
+	case o.bpfPinPath == "":
+		if strings.ContainsAny(o.node, "/\x00") || o.node == "." || o.node == ".." {
+			return o, fmt.Errorf("--node %q cannot name a pin directory; set --bpf-pin-path", o.node)
+		}
+		o.bpfPinPath = "/sys/fs/bpf/warren/" + o.node
+	case o.bpfPinPath == "none":
+		o.bpfPinPath = ""
 	}
 	if (o.caCert == "") != (o.caKey == "") {
 		return o, errors.New("--ca-cert and --ca-key go together")
@@ -246,9 +261,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	var rd *redirect.Redirector
 	if o.cgroup != "" {
 		// In-pod mode: the eBPF redirect captures pods that the node agent enrolls.
-		if rd, err = redirect.New(redirect.Config{CgroupPath: o.cgroup}); err != nil {
+		if rd, err = redirect.New(redirect.Config{CgroupPath: o.cgroup, PinPath: o.bpfPinPath}); err != nil {
 			return err
 		}
+		// Close keeps the pins: pods stay captured, failing closed, until the next ztunnel.
 		defer rd.Close()
 		zcfg.EnrollLocal = false
 		zcfg.Sockets = func(*nodeconfig.Workload) (sockets.Factory, error) {

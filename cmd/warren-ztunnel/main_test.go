@@ -150,3 +150,20 @@ func waitUntil(t testing.TB, cond func() bool, what string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+func TestParseFlagsBPFPinPath(t *testing.T) {
+	base := []string{"--node", "n1", "--config", "c.yaml", "--node-agent-socket", "/tmp/a.sock", "--redirect-cgroup", "/sys/fs/cgroup/k"}
+	for _, tc := range []struct {
+		extra []string
+		want  string
+	}{
+		{nil, "/sys/fs/bpf/warren/n1"},
+		{[]string{"--bpf-pin-path", "/sys/fs/bpf/x"}, "/sys/fs/bpf/x"},
+		{[]string{"--bpf-pin-path", "none"}, ""},
+	} {
+		o, err := parseFlags(append(append([]string{}, base...), tc.extra...), io.Discard)
+		if err != nil || o.bpfPinPath != tc.want {
+			t.Errorf("parseFlags(%q): bpfPinPath %q, %v; want %q", tc.extra, o.bpfPinPath, err, tc.want)
+		}
+	}
+}

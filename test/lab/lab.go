@@ -398,8 +398,9 @@ func (l *Lab) Teardown() error {
 	return errors.Join(errs...)
 }
 
-// cleanupHost removes the lab's network namespaces and cgroups and its runtime state files;
-// both "Teardown" and "down" use it. Only names starting with wrn-lab- are touched.
+// cleanupHost removes the lab's network namespaces, cgroups and ztunnel bpffs pin directories
+// and its runtime state files; both "Teardown" and "down" use it. Only names starting with
+// wrn-lab- are touched.
 func cleanupHost(cgroupDir, stateDir string) error {
 	var errs []error
 	errs = append(errs, killCgroupTree(cgroupDir))
@@ -410,7 +411,7 @@ func cleanupHost(cgroupDir, stateDir string) error {
 			errs = append(errs, fmt.Errorf("ip netns del %s: %v: %s", n, err, bytes.TrimSpace(out)))
 		}
 	}
-	errs = append(errs, removeCgroupTree(cgroupDir), removeTmpDirs(stateDir))
+	errs = append(errs, removeLabPins(), removeCgroupTree(cgroupDir), removeTmpDirs(stateDir))
 	for _, f := range []string{"pids", "tmpdirs", "lab.json", "cni"} {
 		errs = append(errs, os.RemoveAll(filepath.Join(stateDir, f)))
 	}

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"syscall"
 	"testing"
@@ -30,6 +31,11 @@ func TestLabMesh(t *testing.T) {
 	t.Cleanup(func() {
 		if err := l.Teardown(); err != nil {
 			t.Errorf("teardown: %v", err)
+		}
+		for _, n := range []string{"node-1", "node-2"} {
+			if _, err := os.Stat(labPinDir(n)); !os.IsNotExist(err) {
+				t.Errorf("after teardown, pin directory %s: %v", labPinDir(n), err)
+			}
 		}
 	})
 	if err := l.EnsureNamespace(ctx, "default", nil); err != nil {
@@ -269,12 +275,12 @@ func TestLabMesh(t *testing.T) {
 	})
 }
 
-// knownPlaintextFallback records a known defect (see package redirect, "Limits"): the eBPF
-// programs are bpf_links owned by the ztunnel process, not pinned, so when the process dies the
-// redirect goes with it and its pods connect directly. While true, the checks that show it log
-// a KNOWN FINDING instead of failing, and fail if the behaviour is gone (then set it to false:
-// the checks become plain assertions of "no plaintext fallback").
-const knownPlaintextFallback = true
+// knownPlaintextFallback recorded a defect, now fixed: the eBPF programs were bpf_links owned
+// by the ztunnel process, not pinned, so when the process died the redirect went with it and its
+// pods connected directly. The ztunnel now pins them (--bpf-pin-path) and they stay attached, so
+// the checks that showed it are plain assertions of "no plaintext fallback". While true, they
+// log a KNOWN FINDING instead of failing, and fail if the behaviour is gone.
+const knownPlaintextFallback = false
 
 // finding checks a fail-closed expectation: bad is true when the defect shows.
 func finding(t *testing.T, bad bool, what string) {

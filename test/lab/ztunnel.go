@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
 	authnv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -31,6 +32,9 @@ type Ztunnel struct {
 	AdminAddr, MetricsAddr, ReadyAddr string
 	// LogPath is the ztunnel's output (component, access and security logs, JSON lines).
 	LogPath string
+	// PinPath is where the ztunnel pins its eBPF redirect (--bpf-pin-path):
+	// /sys/fs/bpf/wrn-lab-<node>, distinct per node; Teardown removes it.
+	PinPath string
 
 	bin  string
 	args []string
@@ -88,7 +92,15 @@ func (l *Lab) StartZtunnel(ctx context.Context, node string) error {
 		Node: node, Socket: filepath.Join(dir, "agent.sock"), PodStateDir: filepath.Join(dir, "pods"),
 		TokenFile: filepath.Join(dir, "token"), CARootFile: filepath.Join(l.cfg.StateDir, "ca-root.pem"),
 		LogPath: filepath.Join(l.cfg.StateDir, "logs", "warren-ztunnel-"+node+".log"),
+		PinPath: labPinDir(node),
 		bin:     filepath.Join(l.cfg.BinDir, "warren-ztunnel"),
+	}
+	if err := ensureBPFFS(); err != nil {
+		return fmt.Errorf("ztunnel %s: %w", node, err)
+	}
+	// Pins left by an earlier lab that was not torn down would be adopted: start clean.
+	if err := os.RemoveAll(z.PinPath); err != nil {
+		return fmt.Errorf("ztunnel %s: remove stale pins: %w", node, err)
 	}
 	idx := strings.TrimPrefix(n.Short, "node")
 	z.AdminAddr, z.MetricsAddr, z.ReadyAddr = "127.0.0.1:1500"+idx, "127.0.0.1:1502"+idx, "127.0.0.1:1503"+idx
@@ -110,6 +122,7 @@ func (l *Lab) StartZtunnel(ctx context.Context, node string) error {
 		"--node", node, "--controller", l.PushAddr, "--ca-addr", l.CAAddr,
 		"--ca-root-file", z.CARootFile, "--token-file", z.TokenFile,
 		"--node-agent-socket", z.Socket, "--redirect-cgroup", n.Cgroup, "--pod-state-dir", z.PodStateDir,
+		"--bpf-pin-path", z.PinPath,
 		"--admin-addr", z.AdminAddr, "--metrics-addr", z.MetricsAddr, "--ready-addr", z.ReadyAddr,
 	}
 	l.mu.Lock()
@@ -145,6 +158,58 @@ func (l *Lab) RestartZtunnel(ctx context.Context, node string) error {
 	l.logf("warren-ztunnel on %s ready in %v (pid %d, agent %s, admin %s, log %s)",
 		node, time.Since(start).Round(time.Millisecond), p.Pid(), z.Socket, z.AdminAddr, z.LogPath)
 	return nil
+}
+
+// bpffsDir is where the lab expects the bpf filesystem.
+const bpffsDir = "/sys/fs/bpf"
+
+// labPinDir is the node's ztunnel pin directory, named with the lab prefix.
+func labPinDir(node string) string { return filepath.Join(bpffsDir, prefix+node) }
+
+// ensureBPFFS mounts a bpf filesystem on /sys/fs/bpf unless one is there; it only mounts on an
+// empty directory that is not a mount point.
+func ensureBPFFS() error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(bpffsDir, &st); err != nil {
+		return fmt.Errorf("bpffs: statfs %s: %w", bpffsDir, err)
+	}
+	if st.Type == unix.BPF_FS_MAGIC {
+		return nil
+	}
+	ents, err := os.ReadDir(bpffsDir)
+	if err != nil {
+		return fmt.Errorf("bpffs: %w", err)
+	}
+	var d, p unix.Stat_t
+	if err := unix.Stat(bpffsDir, &d); err != nil {
+		return fmt.Errorf("bpffs: %w", err)
+	}
+	if err := unix.Stat(filepath.Dir(bpffsDir), &p); err != nil {
+		return fmt.Errorf("bpffs: %w", err)
+	}
+	if len(ents) != 0 || d.Dev != p.Dev {
+		return fmt.Errorf("bpffs: %s is not a bpf filesystem and not an empty directory to mount one on: mount bpffs there", bpffsDir)
+	}
+	if err := unix.Mount("bpf", bpffsDir, "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("bpffs: mount on %s: %w", bpffsDir, err)
+	}
+	return nil
+}
+
+// removeLabPins removes the ztunnel pin directories of the lab (/sys/fs/bpf/wrn-lab-*), which
+// detaches the eBPF redirect the lab's ztunnels left pinned.
+func removeLabPins() error {
+	ents, err := os.ReadDir(bpffsDir)
+	if err != nil {
+		return nil // no bpffs: nothing pinned
+	}
+	var errs []error
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), prefix) {
+			errs = append(errs, os.RemoveAll(filepath.Join(bpffsDir, e.Name())))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // KillZtunnel kills a node's ztunnel with SIGKILL (a crash: no cleanup runs) and waits for it.
