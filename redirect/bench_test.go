@@ -25,10 +25,10 @@ import (
 func BenchmarkConnect(b *testing.B) {
 	requireRedirect(b)
 	w := newWorldWith(b, true)
-	if err := w.r.Enroll(w.podCookie); err != nil {
+	if err := w.r.Enroll(w.podCookie, podIP, podIP6); err != nil {
 		b.Fatal(err)
 	}
-	listener := netip.MustParseAddrPort("127.0.0.1:15001")
+	listener := netip.MustParseAddrPort("127.0.0.1:15001") // loopback: not redirected; the wildcard listener accepts it
 	cases := []struct {
 		name string
 		cg   *netns.Cgroup
@@ -54,7 +54,7 @@ func BenchmarkConnect(b *testing.B) {
 func BenchmarkProgramRuntime(b *testing.B) {
 	requireRedirect(b)
 	w := newWorldWith(b, true)
-	if err := w.r.Enroll(w.podCookie); err != nil {
+	if err := w.r.Enroll(w.podCookie, podIP, podIP6); err != nil {
 		b.Fatal(err)
 	}
 	hbone, plain := w.pod.Listen(b, "tcp", ":15008"), w.pod.Listen(b, "tcp", ":15006")

@@ -2,9 +2,13 @@
 //
 // Outbound: cgroup connect4/connect6 programs, attached once at a parent cgroup (the kubepods
 // cgroup in Kubernetes), rewrite the destination of every TCP connect() made from an enrolled pod
-// network namespace to the ztunnel's outbound listener inside that namespace (127.0.0.1:15001, or
-// [::1]:15001 for native IPv6 destinations). A pod is enrolled by its netns cookie, so nothing is
-// attached per pod and no per-pod cgroup has to be found. Sockets carrying the ztunnel's SO_MARK
+// network namespace to the ztunnel's outbound listener inside that namespace at the pod's own IP
+// (<pod IPv4>:15001, or [<pod IPv6>]:15001 for native IPv6 destinations), like Istio's REDIRECT:
+// the connect takes the pod IP as its source, so the application's getsockname and the client
+// address the ztunnel sees (access log, HBONE Forwarded header) are the pod's real ones. A pod is
+// enrolled by its netns cookie and addresses ([Redirector.Enroll]; without an address of a family
+// that family goes to 127.0.0.1 / ::1 instead), so nothing is attached per pod and no per-pod
+// cgroup has to be found. Sockets carrying the ztunnel's SO_MARK
 // (0x539) and loopback destinations are left alone. A sockops program records each redirected
 // connection's original destination under the client's {netns, local address, local port}, which
 // the ztunnel reads back with [Redirector.OriginalDst]; getpeername4/6 programs show the
@@ -20,10 +24,14 @@
 //
 //   - Create its in-pod listeners inside the pod's netns (setns on a locked OS thread; a socket
 //     keeps the netns it was created in) with MPTCP off (net.ListenConfig.SetMultipathTCP(false):
-//     MPTCP sockets cannot go into a SOCKMAP). The outbound listener binds 127.0.0.1:15001 (plus
-//     [::1]:15001 if the pod has IPv6: native IPv6 destinations are sent there). The inbound
-//     listeners bind the dual-stack wildcard ([::]:15006, [::]:15008; Go: "tcp", ":15006") so
-//     IPv4 and IPv6 connections can both be assigned to them; their bound port does not matter.
+//     MPTCP sockets cannot go into a SOCKMAP). The outbound listener binds the dual-stack wildcard
+//     [::]:15001 (or each pod IP, plus loopback for a family the pod was enrolled without); IPv4
+//     clients then arrive IPv4-mapped, so unmap the remote address. Connections from other pods
+//     to <pod IP>:15001 do not reach it: the sk_lookup program hands them to the plaintext
+//     listener (only self-sourced connections, which the redirected connects are, pass). The
+//     inbound listeners bind the dual-stack wildcard ([::]:15006, [::]:15008; Go: "tcp",
+//     ":15006") so IPv4 and IPv6 connections can both be assigned to them; their bound port
+//     does not matter.
 //   - Set SO_MARK 0x539 ([Config.Mark]) on every socket it opens inside a pod netns, or its own
 //     upstream connects would be redirected back to itself.
 //   - Forward inbound connections to the application from inside the pod netns with a socket
@@ -35,7 +43,7 @@
 //
 // # Why the programs are written with cilium/ebpf/asm
 //
-// The six programs are 14 to 68 instructions each and need only fixed UAPI context offsets (no
+// The six programs are 14 to 88 instructions each and need only fixed UAPI context offsets (no
 // BTF, no CO-RE, no packet parsing). Written with the assembler they are plain Go: `go build` needs
 // no clang and no generated objects are committed, the programs are specialised at load time
 // (mark, ports) without recompiling, and reviewers read them next to the loader. The cost is that
@@ -51,7 +59,7 @@
 // # Limits
 //
 //   - While attached, a pod whose ztunnel listener is gone fails closed: outbound connects are
-//     refused by the empty 127.0.0.1:15001, inbound ones dropped by the sk_lookup program (the
+//     refused by the empty <pod IP>:15001, inbound ones dropped by the sk_lookup program (the
 //     listener's SOCKMAP entry goes with the socket). Without [Config.PinPath] the programs are
 //     bpf_links owned by the process: closing the [Redirector], or the process exiting, detaches
 //     them and pods connect directly. With it (warren-ztunnel: --bpf-pin-path, on a mounted
@@ -62,6 +70,9 @@
 //   - MPTCP applications are redirected and [Redirector.OriginalDst] works (the hooks see the
 //     first subflow), but their getpeername shows the listener's address: getpeername runs for
 //     the MPTCP socket, whose cookie differs from the subflow's.
+//   - Maps pinned by an older version with another layout are replaced by [New] (their programs
+//     keep the old maps until their links are updated); the enrolled pods carry over, sent to
+//     loopback until enrolled again with their addresses.
 //   - The connection tables are LRU maps of 65536 entries: getpeername of a redirected socket
 //     stays exact only while its entry has not been evicted by newer connections.
 //

@@ -3,6 +3,7 @@
 package redirect
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -85,6 +86,59 @@ func attachPinned(pin string, prog *ebpf.Program, attach func() (link.Link, erro
 		return nil, fmt.Errorf("pin link %s: %w", pin, err)
 	}
 	return l, nil
+}
+
+// replaceIncompatiblePins removes the pins of maps under dir whose layout no longer matches spec
+// (left by an older version), so that loading creates and pins new ones instead of failing with
+// ebpf.ErrMapIncompatible. Programs of the older version keep their maps until their links are
+// updated. The enrolled map is migrated: its netns cookies are re-enrolled without addresses
+// (loopback targets, as the older version used) until the pods are enrolled again with theirs.
+func replaceIncompatiblePins(dir string, spec *ebpf.CollectionSpec) error {
+	for name, ms := range spec.Maps {
+		pin := filepath.Join(dir, name)
+		m, err := ebpf.LoadPinnedMap(pin, nil)
+		if errors.Is(err, os.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("redirect: load pinned map %s: %w", pin, err)
+		}
+		if ms.Compatible(m) == nil {
+			m.Close()
+			continue
+		}
+		migrate := map[uint64]uint32{} // netns cookie -> port (user_port encoding)
+		if name == mapEnrolled && m.KeySize() == 8 && m.ValueSize() >= 4 {
+			var k uint64
+			v := make([]byte, m.ValueSize())
+			it := m.Iterate()
+			for it.Next(&k, &v) {
+				migrate[k] = binary.NativeEndian.Uint32(v[:4])
+			}
+		}
+		err = m.Unpin()
+		m.Close()
+		if err != nil {
+			return fmt.Errorf("redirect: replace incompatible pinned map %s: %w", pin, err)
+		}
+		if len(migrate) == 0 {
+			continue
+		}
+		// Create the new map and pin it now, carrying the enrolled pods over.
+		nm, err := ebpf.NewMapWithOptions(ms, ebpf.MapOptions{PinPath: dir})
+		if err != nil {
+			return fmt.Errorf("redirect: recreate pinned map %s: %w", pin, err)
+		}
+		for k, port := range migrate {
+			v := enrollValue{Port: port}
+			if err := nm.Put(k, v); err != nil {
+				nm.Close()
+				return fmt.Errorf("redirect: migrate pinned map %s: %w", pin, err)
+			}
+		}
+		nm.Close()
+	}
+	return nil
 }
 
 func (r *Redirector) linkPin(prog string) string {

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
@@ -89,7 +90,7 @@ func TestPinnedSurvivesProcess(t *testing.T) {
 	start := func(r *redirect.Redirector) (*ztunnelSim, *redirect.Inbound) {
 		t.Helper()
 		z := &ztunnelSim{}
-		out := pod.Listen(t, "tcp", "127.0.0.1:15001")
+		out := pod.Listen(t, "tcp", ":15001")
 		netns.Serve(out, func(c net.Conn) string {
 			orig, err := r.OriginalDst(c)
 			if err != nil {
@@ -105,7 +106,7 @@ func TestPinnedSurvivesProcess(t *testing.T) {
 		if err != nil {
 			t.Fatalf("AttachInbound() = %v", err)
 		}
-		if err := r.Enroll(cookie); err != nil {
+		if err := r.Enroll(cookie, podIP); err != nil {
 			t.Fatal(err)
 		}
 		return z, in
@@ -212,7 +213,7 @@ func TestPinnedSurvivesProcess(t *testing.T) {
 	if _, err := r2.AttachInbound(z2.lns[1], z2.lns[2]); err != nil {
 		t.Fatal(err)
 	}
-	if err := r2.Enroll(cookie); err != nil {
+	if err := r2.Enroll(cookie, podIP); err != nil {
 		t.Fatal(err)
 	}
 	captured("re-enrolled")
@@ -227,5 +228,41 @@ func TestPinnedSurvivesProcess(t *testing.T) {
 	}
 	if got, err := inbound(); got != "app" {
 		t.Errorf("after Uninstall: inbound %q, %v, want app", got, err)
+	}
+}
+
+// TestNewReplacesIncompatiblePins: maps pinned by an older version with another layout (the
+// enrolled map's value was only the port) are replaced, not refused, and the enrolled pods carry
+// over (redirected to loopback until enrolled again with their addresses).
+func TestNewReplacesIncompatiblePins(t *testing.T) {
+	requireRedirect(t)
+	requireBPFFS(t)
+	pin := filepath.Join("/sys/fs/bpf", "wrn-redirect-compat-"+strconv.Itoa(os.Getpid()))
+	t.Cleanup(func() { os.RemoveAll(pin) })
+	if err := os.MkdirAll(pin, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "enrolled", Type: ebpf.Hash, KeySize: 8, ValueSize: 4, MaxEntries: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	const cookie = uint64(4242)
+	if err := old.Put(cookie, uint32(0x3a99)); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Pin(filepath.Join(pin, "enrolled")); err != nil {
+		t.Fatal(err)
+	}
+	r, err := redirect.New(redirect.Config{CgroupPath: netns.NewCgroup(t).Path, PinPath: pin})
+	if err != nil {
+		t.Fatalf("New() over an incompatible pin = %v", err)
+	}
+	defer r.Uninstall()
+	if got, err := r.Enrolled(); err != nil || len(got) != 1 || got[0] != cookie {
+		t.Errorf("Enrolled() after migration = %v, %v, want [%d]", got, err, cookie)
+	}
+	if err := r.Enroll(cookie, podIP); err != nil {
+		t.Errorf("Enroll() after migration = %v", err)
 	}
 }

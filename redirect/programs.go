@@ -91,7 +91,20 @@ type enrollValue struct {
 	// Port is the outbound listener port as the kernel's bpf_sock_addr.user_port holds it: the
 	// port in network byte order in the low 16 bits of a native-endian u32.
 	Port uint32
+	// IP4 is the pod's IPv4 address (network byte order), where connects to IPv4 (and
+	// IPv4-mapped) destinations are sent; zero: 127.0.0.1.
+	IP4 [4]byte
+	// IP6 is the pod's IPv6 address, where connects to native IPv6 destinations are sent;
+	// zero: ::1.
+	IP6 [16]byte
 }
+
+// Offsets in enrollValue.
+const (
+	evPort = 0
+	evIP4  = 4
+	evIP6  = 8
+)
 
 // origDst is the value of both connection tables: where a redirected connection was going.
 type origDst struct {
@@ -103,8 +116,9 @@ type origDst struct {
 }
 
 // peerKey keys orig_by_peer: the redirected client's local address as the proxy sees it as the
-// accepted connection's remote address, plus the pod's netns cookie (every pod has its own
-// 127.0.0.1, so the address alone is ambiguous across pods).
+// accepted connection's remote address (the pod's IP), plus the pod's netns cookie (pods may
+// share addresses, e.g. loopback when enrolled without IPs, so the address alone can be
+// ambiguous across pods).
 type peerKey struct {
 	Netns uint64
 	Addr  [16]byte // IPv6, or IPv4-mapped
@@ -136,7 +150,7 @@ func outboundSpec(mark uint32) *ebpf.CollectionSpec {
 		Maps: map[string]*ebpf.MapSpec{
 			mapEnrolled: {
 				Name: mapEnrolled, Type: ebpf.Hash,
-				KeySize: 8, ValueSize: 4, MaxEntries: maxEnrolled,
+				KeySize: 8, ValueSize: 24, MaxEntries: maxEnrolled,
 			},
 			mapOrigByCookie: {
 				Name: mapOrigByCookie, Type: ebpf.LRUHash,
@@ -220,8 +234,8 @@ func connectPrologue(mark int32) asm.Instructions {
 }
 
 // connectEnrolled looks up the socket's netns cookie in the enrolled map: on a miss it jumps to
-// "allow"; on a hit R7 holds the outbound port (user_port encoding) and the netns cookie is
-// written to the value on the stack.
+// "allow"; on a hit R7 points to its enrollValue and the netns cookie is written to the value on
+// the stack.
 func connectEnrolled() asm.Instructions {
 	return asm.Instructions{
 		asm.Mov.Reg(asm.R1, asm.R6),
@@ -233,7 +247,7 @@ func connectEnrolled() asm.Instructions {
 		asm.Add.Imm(asm.R2, stKey),
 		asm.FnMapLookupElem.Call(),
 		asm.JEq.Imm(asm.R0, 0, "allow"),
-		asm.LoadMem(asm.R7, asm.R0, 0, asm.Word),
+		asm.Mov.Reg(asm.R7, asm.R0),
 	}
 }
 
@@ -265,8 +279,10 @@ func allow() asm.Instructions {
 	}
 }
 
-// connect4Insns: cgroup/connect4. Redirects TCP connects of enrolled pods to 127.0.0.1:<port>
-// unless the destination is loopback or the socket carries the ztunnel's mark.
+// connect4Insns: cgroup/connect4. Redirects TCP connects of enrolled pods to <pod IPv4>:<port>
+// (127.0.0.1 if the pod was enrolled without one) unless the destination is loopback or the
+// socket carries the ztunnel's mark. The connect then takes the pod IP as its source address, so
+// the application's getsockname and the client address the ztunnel sees are the real ones.
 func connect4Insns(mark int32) asm.Instructions {
 	var insns asm.Instructions
 	insns = append(insns,
@@ -288,16 +304,20 @@ func connect4Insns(mark int32) asm.Instructions {
 	)
 	insns = append(insns, connectRecord(afInet)...)
 	insns = append(insns,
+		asm.LoadMem(asm.R2, asm.R7, evIP4, asm.Word),
+		asm.JNE.Imm(asm.R2, 0, "ip4"),
 		asm.Mov.Imm32(asm.R2, loopback4),
-		asm.StoreMem(asm.R6, saUserIP4, asm.R2, asm.Word),
-		asm.StoreMem(asm.R6, saUserPort, asm.R7, asm.Word),
+		asm.StoreMem(asm.R6, saUserIP4, asm.R2, asm.Word).WithSymbol("ip4"),
+		asm.LoadMem(asm.R2, asm.R7, evPort, asm.Word),
+		asm.StoreMem(asm.R6, saUserPort, asm.R2, asm.Word),
 	)
 	return append(insns, allow()...)
 }
 
 // connect6Insns: cgroup/connect6. Like connect4 for AF_INET6 sockets: IPv4-mapped destinations go
-// to ::ffff:127.0.0.1, native IPv6 ones to ::1; ::1 and ::ffff:127.0.0.0/104 are left alone.
-// R8 is 1 for an IPv4-mapped destination.
+// to ::ffff:<pod IPv4>, native IPv6 ones to <pod IPv6> (::ffff:127.0.0.1 and ::1 if the pod was
+// enrolled without one); ::1 and ::ffff:127.0.0.0/104 are left alone. R8 is 1 for an
+// IPv4-mapped destination.
 func connect6Insns(mark int32) asm.Instructions {
 	var insns asm.Instructions
 	insns = append(insns,
@@ -336,13 +356,35 @@ func connect6Insns(mark int32) asm.Instructions {
 		asm.JEq.Imm(asm.R8, 0, "to_v6"),
 		asm.Mov.Imm32(asm.R2, v4MappedPrefix),
 		asm.StoreMem(asm.R6, saUserIP6+8, asm.R2, asm.Word),
+		asm.LoadMem(asm.R2, asm.R7, evIP4, asm.Word),
+		asm.JNE.Imm(asm.R2, 0, "mapped_ip"),
 		asm.Mov.Imm32(asm.R2, loopback4),
-		asm.StoreMem(asm.R6, saUserIP6+12, asm.R2, asm.Word),
+		asm.StoreMem(asm.R6, saUserIP6+12, asm.R2, asm.Word).WithSymbol("mapped_ip"),
 		asm.Ja.Label("port"),
-		asm.StoreMem(asm.R6, saUserIP6+8, asm.R2, asm.Word).WithSymbol("to_v6"), // R2 is still 0
+		// Native: the pod's IPv6 unless it is all zero, then ::1.
+		asm.LoadMem(asm.R2, asm.R7, evIP6, asm.Word).WithSymbol("to_v6"),
+		asm.LoadMem(asm.R3, asm.R7, evIP6+4, asm.Word),
+		asm.Or.Reg(asm.R2, asm.R3),
+		asm.LoadMem(asm.R3, asm.R7, evIP6+8, asm.Word),
+		asm.Or.Reg(asm.R2, asm.R3),
+		asm.LoadMem(asm.R3, asm.R7, evIP6+12, asm.Word),
+		asm.Or.Reg(asm.R2, asm.R3),
+		asm.JNE.Imm(asm.R2, 0, "pod_v6"),
+		asm.StoreMem(asm.R6, saUserIP6+8, asm.R2, asm.Word), // R2 is 0
 		asm.Mov.Imm32(asm.R2, v6One),
 		asm.StoreMem(asm.R6, saUserIP6+12, asm.R2, asm.Word),
-		asm.StoreMem(asm.R6, saUserPort, asm.R7, asm.Word).WithSymbol("port"),
+		asm.Ja.Label("port"),
+	)
+	for i := int16(0); i < 16; i += 4 {
+		load := asm.LoadMem(asm.R2, asm.R7, evIP6+i, asm.Word)
+		if i == 0 {
+			load = load.WithSymbol("pod_v6")
+		}
+		insns = append(insns, load, asm.StoreMem(asm.R6, saUserIP6+i, asm.R2, asm.Word))
+	}
+	insns = append(insns,
+		asm.LoadMem(asm.R2, asm.R7, evPort, asm.Word).WithSymbol("port"),
+		asm.StoreMem(asm.R6, saUserPort, asm.R2, asm.Word),
 	)
 	return append(insns, allow()...)
 }

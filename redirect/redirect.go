@@ -33,8 +33,8 @@ type Config struct {
 	// CgroupPath is the cgroup v2 directory the outbound programs attach to; they act on sockets
 	// created by processes in it or below it (in Kubernetes: the kubepods cgroup). Required.
 	CgroupPath string
-	// OutboundPort is the port of the ztunnel's outbound listener on 127.0.0.1 (and ::1) inside
-	// each pod netns. Default 15001.
+	// OutboundPort is the port of the ztunnel's outbound listener on the pod's IPs inside each
+	// pod netns (see [Redirector.Enroll]). Default 15001.
 	OutboundPort uint16
 	// HBONEPort is the destination port that goes to the HBONE listener; every other port goes to
 	// the plaintext listener. Default 15008.
@@ -44,7 +44,7 @@ type Config struct {
 	// PinPath, if set, is a directory on a bpf filesystem (e.g. /sys/fs/bpf/warren/<node>, created
 	// if missing) where the links and maps are pinned so the redirect outlives the process: if it
 	// dies, enrolled pods stay captured and fail closed (outbound connects are refused by the
-	// empty 127.0.0.1:15001, inbound ones dropped by the sk_lookup program). [New] and
+	// empty <pod IP>:15001, inbound ones dropped by the sk_lookup program). [New] and
 	// [Redirector.AttachInbound] adopt what a previous process pinned there, replacing its
 	// programs atomically. [Redirector.Close] keeps the pins; [Redirector.Uninstall] removes them.
 	// One PinPath per Redirector: two running with the same PinPath take each other's links.
@@ -111,6 +111,9 @@ func New(cfg Config) (*Redirector, error) {
 			m.Pinning = ebpf.PinByName
 		}
 		opts.Maps.PinPath = cfg.PinPath
+		if err := replaceIncompatiblePins(cfg.PinPath, spec); err != nil {
+			return nil, err
+		}
 	}
 	coll, err := ebpf.NewCollectionWithOptions(spec, opts)
 	if err != nil {
@@ -151,10 +154,27 @@ func New(cfg Config) (*Redirector, error) {
 }
 
 // Enroll starts redirecting the outbound TCP connections of the pod whose network namespace has
-// the given cookie (see [NetnsCookie]). Enrolling twice is harmless. Connections already open are
-// not affected.
-func (r *Redirector) Enroll(netnsCookie uint64) error {
+// the given cookie (see [NetnsCookie]) to its outbound listener at <pod IP>:OutboundPort. podIPs
+// are the pod's addresses: the first IPv4 one receives the connects to IPv4 (and IPv4-mapped)
+// destinations, the first IPv6 one those to native IPv6 destinations, so each connection's
+// source address is the pod's own and the application's getsockname is unchanged. Without an
+// address of a family, that family's connects go to loopback (127.0.0.1, ::1) instead, and the
+// application sees a loopback local address. Enrolling again replaces the addresses. Connections
+// already open are not affected.
+func (r *Redirector) Enroll(netnsCookie uint64, podIPs ...netip.Addr) error {
 	v := enrollValue{Port: userPort(r.cfg.OutboundPort)}
+	var have4, have6 bool
+	for _, ip := range podIPs {
+		ip = ip.Unmap()
+		switch {
+		case !ip.IsValid() || ip.IsUnspecified() || ip.IsLoopback() || ip.IsMulticast():
+			return fmt.Errorf("redirect: enroll netns %d: %v is not a pod address", netnsCookie, ip)
+		case ip.Is4() && !have4:
+			v.IP4, have4 = ip.As4(), true
+		case ip.Is6() && !have6:
+			v.IP6, have6 = ip.As16(), true
+		}
+	}
 	if err := r.enrolled.Put(netnsCookie, v); err != nil {
 		return fmt.Errorf("redirect: enroll netns %d: %w", netnsCookie, err)
 	}

@@ -95,8 +95,9 @@ func newWorldWith(t testing.TB, bare bool) *world {
 	ln := w.remote.Listen(t, "tcp", ":80")
 	netns.Serve(ln, func(net.Conn) string { return "direct" })
 
-	// The ztunnel's outbound listeners inside the pod: answer "proxied <original destination>".
-	for _, addr := range []string{"127.0.0.1:15001", "[::1]:15001"} {
+	// The ztunnel's outbound listener inside the pod, on the dual-stack wildcard (the pod IPs, and
+	// loopback for a pod enrolled without addresses): answers "proxied <original destination>".
+	for _, addr := range []string{":15001"} {
 		ln := w.pod.Listen(t, "tcp", addr)
 		if bare {
 			go func() {
@@ -148,7 +149,7 @@ func (w *world) drainOutbound() []outboundHit {
 
 func TestOutbound(t *testing.T) {
 	w := newWorld(t)
-	if err := w.r.Enroll(w.podCookie); err != nil {
+	if err := w.r.Enroll(w.podCookie, podIP, podIP6); err != nil {
 		t.Fatal(err)
 	}
 	if got, err := w.r.Enrolled(); err != nil || len(got) != 1 || got[0] != w.podCookie {
@@ -179,7 +180,7 @@ func TestOutbound(t *testing.T) {
 		// MPTCP: connect4 runs for the first subflow, so the connection is redirected and the proxy
 		// finds its destination, but getpeername runs for the MPTCP socket, whose cookie differs:
 		// the application sees the listener's address. Known gap (see the package doc).
-		{"mptcp redirected (getpeername shows the listener)", w.podCg, dst4, netns.DialOptions{MPTCP: true}, "proxied " + dst4.String(), netip.MustParseAddrPort("127.0.0.1:15001")},
+		{"mptcp redirected (getpeername shows the listener)", w.podCg, dst4, netns.DialOptions{MPTCP: true}, "proxied " + dst4.String(), netip.AddrPortFrom(podIP, 15001)},
 		{"process outside the cgroup not redirected", nil, dst4, netns.DialOptions{}, "direct", dst4},
 	}
 	for _, tt := range tests {
@@ -193,6 +194,14 @@ func TestOutbound(t *testing.T) {
 			if strings.HasPrefix(tt.wantReply, "proxied") {
 				if len(hits) != 1 || unmap(hits[0].client) != unmap(got.Local) {
 					t.Errorf("proxy saw %+v, want one connection from %s", hits, got.Local)
+				}
+				// The application's local address is the pod's own, as without the redirect.
+				wantLocal := podIP
+				if tt.dst.Addr().Is6() && !tt.dst.Addr().Is4In6() {
+					wantLocal = podIP6
+				}
+				if unmap(got.Local).Addr() != wantLocal {
+					t.Errorf("application's local address = %s, want %s", got.Local, wantLocal)
 				}
 			} else if len(hits) != 0 {
 				t.Errorf("proxy saw %+v, want nothing", hits)
@@ -213,11 +222,65 @@ func TestOutbound(t *testing.T) {
 				t.Errorf("dial %s while unenrolled = %+v, want a direct connection", dst, got)
 			}
 		}
-		if err := w.r.Enroll(w.podCookie); err != nil {
+		if err := w.r.Enroll(w.podCookie, podIP, podIP6); err != nil {
 			t.Fatal(err)
 		}
 		if got := w.pod.Dial(t, w.podCg, dst4, netns.DialOptions{}); got.Reply != "proxied "+dst4.String() {
 			t.Errorf("dial after re-enrolling = %+v", got)
+		}
+	})
+
+	t.Run("enrolled without addresses: loopback", func(t *testing.T) {
+		if err := w.r.Enroll(w.podCookie); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			if err := w.r.Enroll(w.podCookie, podIP, podIP6); err != nil {
+				t.Fatal(err)
+			}
+		}()
+		for _, tt := range []struct {
+			dst       netip.AddrPort
+			network   string
+			wantLocal netip.Addr
+		}{
+			{dst4, "", netip.MustParseAddr("127.0.0.1")},
+			{mapped, "tcp6", netip.MustParseAddr("127.0.0.1")},
+			{dst6, "", netip.IPv6Loopback()},
+		} {
+			w.drainOutbound()
+			got := w.pod.Dial(t, w.podCg, tt.dst, netns.DialOptions{Network: tt.network})
+			if got.Reply != "proxied "+unmap(tt.dst).String() || unmap(got.Local).Addr() != tt.wantLocal {
+				t.Errorf("dial %s = %+v, want proxied from %s", tt.dst, got, tt.wantLocal)
+			}
+			if hits := w.drainOutbound(); len(hits) != 1 || unmap(hits[0].client) != unmap(got.Local) {
+				t.Errorf("proxy saw %+v, want one connection from %s", hits, got.Local)
+			}
+		}
+	})
+
+	t.Run("only an IPv6 address: IPv4 destinations go to loopback", func(t *testing.T) {
+		if err := w.r.Enroll(w.podCookie, podIP6); err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			if err := w.r.Enroll(w.podCookie, podIP, podIP6); err != nil {
+				t.Fatal(err)
+			}
+		}()
+		if got := w.pod.Dial(t, w.podCg, dst4, netns.DialOptions{}); got.Reply != "proxied "+dst4.String() || unmap(got.Local).Addr() != netip.MustParseAddr("127.0.0.1") {
+			t.Errorf("dial %s = %+v", dst4, got)
+		}
+		if got := w.pod.Dial(t, w.podCg, dst6, netns.DialOptions{}); got.Reply != "proxied "+dst6.String() || got.Local.Addr() != podIP6 {
+			t.Errorf("dial %s = %+v", dst6, got)
+		}
+	})
+
+	t.Run("invalid pod address", func(t *testing.T) {
+		for _, ip := range []netip.Addr{{}, netip.MustParseAddr("127.0.0.1"), netip.IPv6Unspecified()} {
+			if err := w.r.Enroll(w.podCookie+1, ip); err == nil {
+				t.Errorf("Enroll(%v) succeeded", ip)
+			}
 		}
 	})
 
@@ -232,7 +295,7 @@ func TestOutbound(t *testing.T) {
 		if got := w.pod.Dial(t, w.podCg, dst4, netns.DialOptions{}); got.Reply != "direct" {
 			t.Errorf("dial from the unenrolled pod = %+v, want direct", got)
 		}
-		if err := w.r.Enroll(w.podCookie); err != nil {
+		if err := w.r.Enroll(w.podCookie, podIP, podIP6); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -264,7 +327,7 @@ func TestOriginalDstNotRedirected(t *testing.T) {
 // found by the time the proxy accepts it (sockops runs before the client's final ACK).
 func TestOutboundManyConnections(t *testing.T) {
 	w := newWorld(t)
-	if err := w.r.Enroll(w.podCookie); err != nil {
+	if err := w.r.Enroll(w.podCookie, podIP, podIP6); err != nil {
 		t.Fatal(err)
 	}
 	// One helper process in the pod cgroup makes n connections back to back.
@@ -365,10 +428,31 @@ func TestInbound(t *testing.T) {
 		{"forward leg from 127.0.0.6 not captured", dial{w.pod, pod8080, netns.DialOptions{Bind: netip.MustParseAddrPort("127.0.0.6:0"), Mark: redirect.DefaultMark}}, "app"},
 		{"self-sourced forward leg not captured", dial{w.pod, pod8080, netns.DialOptions{Bind: netip.AddrPortFrom(podIP, 0), Mark: redirect.DefaultMark}}, "app"},
 		{"self-sourced ipv6 forward leg not captured", dial{w.pod, netip.AddrPortFrom(podIP6, 8080), netns.DialOptions{Bind: netip.AddrPortFrom(podIP6, 0), Mark: redirect.DefaultMark}}, "app"},
+		// The outbound listener is bound on the pod IPs, but connections from elsewhere to it are
+		// handed to the plaintext listener (which refuses the reserved port in the ztunnel).
+		{"15001 from another pod to plaintext", dial{w.remote, netip.AddrPortFrom(podIP, 15001), netns.DialOptions{}}, "plaintext local=10.77.0.2:15001"},
+		{"ipv6 15001 from another pod to plaintext", dial{w.remote, netip.AddrPortFrom(podIP6, 15001), netns.DialOptions{}}, "plaintext local=[fd77::2]:15001"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) { check(t, tt.d, tt.want) })
 	}
+
+	t.Run("redirected outbound reaches the outbound listener (self-sourced)", func(t *testing.T) {
+		if err := w.r.Enroll(w.podCookie, podIP, podIP6); err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = w.r.Unenroll(w.podCookie) }()
+		for _, dst := range []netip.AddrPort{netip.AddrPortFrom(remoteIP, 80), netip.AddrPortFrom(remoteIP6, 80)} {
+			w.drainOutbound()
+			got := w.pod.Dial(t, w.podCg, dst, netns.DialOptions{})
+			if got.Reply != "proxied "+dst.String() || got.Peer != dst {
+				t.Errorf("dial %s = %+v, want proxied", dst, got)
+			}
+			if hits := w.drainOutbound(); len(hits) != 1 || hits[0].err != nil || unmap(hits[0].client) != unmap(got.Local) {
+				t.Errorf("proxy saw %+v, want one connection from %s", hits, got.Local)
+			}
+		}
+	})
 
 	t.Run("listener gone: refused, not delivered to the app", func(t *testing.T) {
 		plain.Close()
@@ -411,7 +495,7 @@ func TestAttachInboundRejectsBadListeners(t *testing.T) {
 
 func TestCloseDetaches(t *testing.T) {
 	w := newWorld(t)
-	if err := w.r.Enroll(w.podCookie); err != nil {
+	if err := w.r.Enroll(w.podCookie, podIP, podIP6); err != nil {
 		t.Fatal(err)
 	}
 	dst := netip.AddrPortFrom(remoteIP, 80)

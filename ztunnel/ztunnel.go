@@ -446,12 +446,13 @@ func (z *Ztunnel) identity(p Pod) (spiffeid.ID, error) {
 }
 
 // InPodListenAddr is Config.ListenAddr for in-pod sockets, where package redirect sends
-// connections: the outbound listener on 127.0.0.1, the inbound ones on the dual-stack wildcard.
-// (Native IPv6 destinations would need [::1]:15001 too; not bound yet.)
+// connections: every listener on the dual-stack wildcard. Package redirect sends outbound
+// connections to <pod IP>:15001 (IPv4 or IPv6; loopback for a pod enrolled without an address of
+// that family), which the wildcard covers. Connections from other pods to <pod IP>:15001 never
+// reach the outbound listener: the inbound sk_lookup program hands them to the plaintext
+// listener, which refuses the reserved port; only self-sourced ones (the redirected connects)
+// pass through to it.
 func InPodListenAddr(_ *nodeconfig.Workload, port uint16) netip.AddrPort {
-	if port == OutboundPort {
-		return netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port)
-	}
 	return netip.AddrPortFrom(netip.IPv6Unspecified(), port)
 }
 

@@ -116,9 +116,35 @@ func TestLabMesh(t *testing.T) {
 		inbound(t, "node-1", ip("default/service-a"), "default/service-c", SpiffeID("default", "service-a"))
 	})
 	t.Run("Getpeername", func(t *testing.T) {
-		out := reach(t, "default/service-a", "default/service-b", "who", "--show-peer")
+		out := reach(t, "default/service-a", "default/service-b", "who", "--show-peer", "--show-local")
 		if want := "peer: " + ip("default/service-b") + ":8080\n"; !strings.HasPrefix(out, want) {
 			t.Errorf("client saw %q, want first line %q (the original destination)", out, want)
+		}
+		// getsockname shows the pod's own address (the redirect sends the connect to
+		// <pod IP>:15001, so the kernel picks the pod IP as the source), and the outbound
+		// ztunnel sees the same client address.
+		var local string
+		for _, line := range strings.Split(out, "\n") {
+			if v, ok := strings.CutPrefix(line, "local: "); ok {
+				local = v
+			}
+		}
+		if !strings.HasPrefix(local, ip("default/service-a")+":") {
+			t.Fatalf("client saw %q, want a line \"local: %s:<port>\" (the pod's own address)", out, ip("default/service-a"))
+		}
+		want := map[string]string{"direction": "outbound", "src.addr": local, "dst.addr": ip("default/service-b") + ":8080"}
+		err := Eventually(ctx, 5*time.Second, func() error {
+			ll, _, ok := l.FindLog("node-1", "access", want)
+			if !ok {
+				return fmt.Errorf("no access-log line %v on node-1", want)
+			}
+			if got := fmt.Sprint(ll["src.addr"]); got != local {
+				return fmt.Errorf("outbound src.addr = %s, want %s", got, local)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Error(err)
 		}
 	})
 	t.Run("ArticlePolicy", func(t *testing.T) {

@@ -226,12 +226,7 @@ func TestInPodMesh(t *testing.T) {
 			mu.Unlock()
 			return rec, nil
 		},
-		ListenAddr: func(_ *nodeconfig.Workload, port uint16) netip.AddrPort {
-			if port == ztunnel.OutboundPort {
-				return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
-			}
-			return netip.AddrPortFrom(netip.IPv6Unspecified(), port) // dual-stack wildcard
-		},
+		ListenAddr:       ztunnel.InPodListenAddr, // dual-stack wildcard, outbound included
 		OriginalDst:      r.OriginalDst,
 		EnrollLocal:      true,
 		Registry:         reg,
@@ -258,7 +253,7 @@ func TestInPodMesh(t *testing.T) {
 	waitFor(t, func() bool { return len(zt.Workloads()) == 2 }, "both pods enrolled")
 
 	// Capture: A's outbound connects, and both pods' inbound connections.
-	if err := r.Enroll(a.ns.Cookie(t)); err != nil {
+	if err := r.Enroll(a.ns.Cookie(t), a.ip); err != nil {
 		t.Fatal(err)
 	}
 	for _, p := range []*pod{a, b} {
@@ -285,10 +280,17 @@ func TestInPodMesh(t *testing.T) {
 		if res.Peer != dst {
 			t.Errorf("application's peer = %s, want %s (the redirect is invisible)", res.Peer, dst)
 		}
+		if res.Local.Addr().Unmap() != a.ip {
+			t.Errorf("application's local address = %s, want pod A's IP %s (the redirect is invisible)", res.Local, a.ip)
+		}
 		idA := td + "/ns/default/sa/service-a"
 		waitFor(t, func() bool {
 			return len(access.lines(map[string]string{"direction": "outbound", "mode": "hbone", "dst.addr": dst.String()})) == 1
 		}, "outbound hbone access line from service-a")
+		out := access.lines(map[string]string{"direction": "outbound", "mode": "hbone", "dst.addr": dst.String()})[0]
+		if got, _ := netip.ParseAddrPort(fmt.Sprint(out["src.addr"])); got != res.Local {
+			t.Errorf("outbound src.addr = %v, want the application's local address %s", out["src.addr"], res.Local)
+		}
 		waitFor(t, func() bool {
 			return len(access.lines(map[string]string{"direction": "inbound", "mode": "hbone", "src.identity": idA})) == 1
 		}, "inbound hbone access line with service-a's identity")

@@ -32,7 +32,7 @@ type Proxy interface {
 
 // Capture is the redirect side of an enrollment (*redirect.Redirector).
 type Capture interface {
-	Enroll(netnsCookie uint64) error
+	Enroll(netnsCookie uint64, podIPs ...netip.Addr) error
 	Unenroll(netnsCookie uint64) error
 	AttachInbound(hbone, plaintext net.Listener) (*redirect.Inbound, error)
 }
@@ -336,7 +336,7 @@ func (a *Agent) addLocked(req protocol.Request, via string) error {
 		undo()
 		return fmt.Errorf("enroll %s: %w", name, err)
 	}
-	if err := a.cfg.Redirect.Enroll(cookie); err != nil {
+	if err := a.cfg.Redirect.Enroll(cookie, p.Addresses...); err != nil {
 		closeInbound(in)
 		undo()
 		return fmt.Errorf("enroll %s: %w", name, err)

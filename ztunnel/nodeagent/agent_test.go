@@ -29,6 +29,7 @@ type fake struct {
 	mu        sync.Mutex
 	pods      map[string]ztunnel.Pod
 	cookies   map[uint64]bool
+	podIPs    map[uint64][]netip.Addr
 	enrollErr error
 }
 
@@ -48,13 +49,14 @@ func (f *fake) RemoveWorkload(uid string) {
 	delete(f.pods, uid)
 }
 
-func (f *fake) Enroll(c uint64) error {
+func (f *fake) Enroll(c uint64, podIPs ...netip.Addr) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.enrollErr != nil {
 		return f.enrollErr
 	}
 	f.cookies[c] = true
+	f.podIPs[c] = podIPs
 	return nil
 }
 
@@ -79,7 +81,7 @@ func (f *fake) state() (uids []string, cookies int) {
 
 func start(t *testing.T, store *state.Store, netnsFor func(string) (string, bool)) (*Agent, *fake) {
 	t.Helper()
-	f := &fake{pods: map[string]ztunnel.Pod{}, cookies: map[uint64]bool{}}
+	f := &fake{pods: map[string]ztunnel.Pod{}, cookies: map[uint64]bool{}, podIPs: map[uint64][]netip.Addr{}}
 	a, err := New(Config{
 		Socket: filepath.Join(t.TempDir(), "agent.sock"), Node: "n1", Ztunnel: f, Redirect: f, Store: store,
 		StateDir: t.TempDir(), NetnsFor: netnsFor,
@@ -126,6 +128,13 @@ func TestAddDelOverTheSocket(t *testing.T) {
 	if got := f.pods["u1"].Addresses; len(got) != 2 {
 		t.Errorf("pod addresses = %v", got)
 	}
+	f.mu.Lock()
+	for c, ips := range f.podIPs {
+		if want := []netip.Addr{netip.MustParseAddr("fd00::1"), netip.MustParseAddr("10.0.0.1")}; !slices.Equal(ips, want) {
+			t.Errorf("Enroll(%d) got pod IPs %v, want %v", c, ips, want)
+		}
+	}
+	f.mu.Unlock()
 	// A new sandbox of the same pod replaces the enrollment.
 	if _, err := call(addReq("u1", "/run/netns/second")); err != nil {
 		t.Fatalf("add with a new netns = %v", err)

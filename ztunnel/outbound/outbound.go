@@ -282,9 +282,12 @@ func (p *Proxy) headers(view *state.View, src netip.AddrPort, r Route) http.Head
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {
+	var ap netip.AddrPort
 	if t, ok := a.(*net.TCPAddr); ok {
-		return t.AddrPort()
+		ap = t.AddrPort()
+	} else {
+		ap, _ = netip.ParseAddrPort(a.String())
 	}
-	ap, _ := netip.ParseAddrPort(a.String())
-	return ap
+	// IPv4 clients of a dual-stack listener arrive IPv4-mapped.
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }

@@ -4,6 +4,7 @@
 //	app server --listen :8080 --name X   answers each line with "hello from X: <line>"
 //	app client --to IP:port --msg M      sends M, prints the answer, exits non-zero on failure
 //	           [--show-peer]             first prints "peer: <getpeername of the socket>"
+//	           [--show-local]            then prints "local: <getsockname of the socket>"
 //
 // MPTCP is off on both sides (Go enables it for listeners by default), so the
 // sockets are the plain TCP sockets the eBPF redirect hooks see.
@@ -102,6 +103,7 @@ func client(args []string, stdout io.Writer) error {
 	msg := fs.String("msg", "hi", "message to send (one line)")
 	timeout := fs.Duration("timeout", 5*time.Second, "overall timeout")
 	showPeer := fs.Bool("show-peer", false, "print the connected socket's peer address (getpeername) before the answer")
+	showLocal := fs.Bool("show-local", false, "print the connected socket's local address (getsockname) before the answer")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -127,6 +129,15 @@ func client(args []string, stdout io.Writer) error {
 			return err
 		}
 	}
+	if *showLocal {
+		local, err := getsockname(c.(*net.TCPConn))
+		if err != nil {
+			return err
+		}
+		if _, err := fmt.Fprintf(stdout, "local: %s\n", local); err != nil {
+			return err
+		}
+	}
 	if _, err := fmt.Fprintf(c, "%s\n", *msg); err != nil {
 		return err
 	}
@@ -140,17 +151,26 @@ func client(args []string, stdout io.Writer) error {
 
 // getpeername asks the kernel (not Go's cached RemoteAddr) for the socket's peer.
 func getpeername(c *net.TCPConn) (string, error) {
+	return sockaddr(c, "getpeername", unix.Getpeername)
+}
+
+// getsockname asks the kernel (not Go's cached LocalAddr) for the socket's local address.
+func getsockname(c *net.TCPConn) (string, error) {
+	return sockaddr(c, "getsockname", unix.Getsockname)
+}
+
+func sockaddr(c *net.TCPConn, name string, get func(fd int) (unix.Sockaddr, error)) (string, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return "", err
 	}
 	var sa unix.Sockaddr
 	var serr error
-	if err := rc.Control(func(fd uintptr) { sa, serr = unix.Getpeername(int(fd)) }); err != nil {
+	if err := rc.Control(func(fd uintptr) { sa, serr = get(int(fd)) }); err != nil {
 		return "", err
 	}
 	if serr != nil {
-		return "", fmt.Errorf("getpeername: %w", serr)
+		return "", fmt.Errorf("%s: %w", name, serr)
 	}
 	switch a := sa.(type) {
 	case *unix.SockaddrInet4:
