@@ -10,7 +10,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 PROTOC_GEN_GO_GRPC := $(BIN)/protoc-gen-go-grpc
 BINARIES := warren-ztunnel warren-controller warren-cni
 
-.PHONY: all build demo demo-inprocess envtest-bins lab-bins test test-unit lint generate generate-check deps tools bench clean
+.PHONY: all build demo demo-inprocess envtest-bins lab-bins test test-unit lint generate generate-check deps tools bench bench-micro clean
 
 all: build
 
@@ -21,6 +21,8 @@ deps:
 	command -v ip >/dev/null || need="$$need iproute2"; \
 	command -v nsenter >/dev/null || need="$$need util-linux"; \
 	command -v kubectl >/dev/null || need="$$need kubectl"; \
+	command -v stunnel4 >/dev/null || need="$$need stunnel4"; \
+	command -v haproxy >/dev/null || need="$$need haproxy"; \
 	if [ -n "$$need" ]; then \
 		echo "installing:$$need"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$need >/dev/null; \
@@ -91,8 +93,13 @@ generate-check: generate
 		git status --porcelain -- api manifests; git diff --stat -- api manifests; \
 		echo "generated code is stale: run 'make generate' and commit"; exit 1; fi
 
-## bench: Go benchmarks of the data path, each next to its plain-TCP baseline.
-bench:
+## bench: the data-path benchmark (root): direct vs Warren vs stunnel4 and HAProxy on the lab's
+## two-node path; prints the table and writes bench/results/latest.{md,json} (~9 min).
+bench: deps envtest-bins lab-bins
+	$(GO) run ./test/lab bench
+
+## bench-micro: Go micro-benchmarks of the ztunnel packages, each next to a plain-TCP baseline.
+bench-micro:
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./ztunnel/ ./ztunnel/hbone ./ztunnel/pool ./ztunnel/relay ./ztunnel/authz
 
 clean:

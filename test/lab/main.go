@@ -55,6 +55,8 @@ func main() {
 		err = cmdExec(ctx, os.Args[2:])
 	case "demo":
 		err = cmdDemo(ctx, os.Args[2:])
+	case "bench":
+		err = cmdBench(ctx, os.Args[2:])
 	default:
 		usage()
 		os.Exit(2)
