@@ -62,7 +62,8 @@ func NewClientConn(ctx context.Context, raw net.Conn, tlsConf *tls.Config, opts 
 	}
 	hctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	tc := tls.Client(raw, tlsConf)
+	btc := newBatchedTLS(raw, func(c net.Conn) *tls.Conn { return tls.Client(c, tlsConf) })
+	tc := btc.Conn
 	if err := tc.HandshakeContext(hctx); err != nil {
 		raw.Close()
 		return nil, fmt.Errorf("hbone handshake with %s: %w%s", raw.RemoteAddr(), err, handshakeHint(err))
@@ -89,7 +90,7 @@ func NewClientConn(ctx context.Context, raw net.Conn, tlsConf *tls.Config, opts 
 		ReadIdleTimeout:    opts.ReadIdleTimeout,
 		PingTimeout:        opts.PingTimeout,
 	}
-	cc, err := t.NewClientConn(tc)
+	cc, err := t.NewClientConn(btc)
 	if err != nil {
 		tc.Close()
 		return nil, fmt.Errorf("hbone start http2 with %s: %w", raw.RemoteAddr(), err)

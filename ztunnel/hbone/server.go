@@ -217,7 +217,8 @@ type connInfo struct {
 func (s *Server) serveConn(ctx context.Context, c net.Conn) error {
 	defer c.Close()
 	hctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
-	tc := tls.Server(c, s.cfg.TLSConfig)
+	btc := newBatchedTLS(c, func(c net.Conn) *tls.Conn { return tls.Server(c, s.cfg.TLSConfig) })
+	tc := btc.Conn
 	err := tc.HandshakeContext(hctx)
 	cancel()
 	if err != nil {
@@ -242,7 +243,7 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) error {
 		laddr:  c.LocalAddr(),
 		raddr:  c.RemoteAddr(),
 	}
-	s.h2.ServeConn(tc, &http2.ServeConnOpts{
+	s.h2.ServeConn(btc, &http2.ServeConnOpts{
 		Context:    context.WithValue(ctx, connInfoKey{}, info),
 		BaseConfig: s.h1,
 		Handler:    s.h1.Handler,
