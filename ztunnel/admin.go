@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
+	"net/netip"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -65,6 +67,11 @@ func (z *Ztunnel) bindNodePorts() error {
 		enc.SetIndent("", "  ")
 		enc.Encode(d)
 	})
+	// Profiles are for someone on the node (or the bench harness): loopback callers only, never
+	// through the API server's pods/proxy.
+	admin.Handle("/debug/pprof/", localOnly(http.HandlerFunc(pprof.Index)))
+	admin.Handle("/debug/pprof/profile", localOnly(http.HandlerFunc(pprof.Profile)))
+	admin.Handle("/debug/pprof/trace", localOnly(http.HandlerFunc(pprof.Trace)))
 	metrics := http.NewServeMux()
 	mh := promhttp.HandlerFor(z.cfg.Registry, promhttp.HandlerOpts{Registry: z.cfg.Registry})
 	metrics.Handle("GET /metrics", mh)
@@ -86,6 +93,18 @@ func (z *Ztunnel) bindNodePorts() error {
 		}
 	}
 	return nil
+}
+
+// localOnly refuses callers that are not on loopback.
+func localOnly(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ap, err := netip.ParseAddrPort(r.RemoteAddr)
+		if err != nil || !ap.Addr().Unmap().IsLoopback() {
+			http.Error(w, "only from localhost", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 type served struct {

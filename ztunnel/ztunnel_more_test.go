@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"sync"
@@ -423,5 +424,35 @@ func TestAdminConfigDump(t *testing.T) {
 	}
 	if !strings.Contains(string(d.Config), "service-a-to-b") {
 		t.Errorf("dump config does not include the policy: %s", d.Config)
+	}
+}
+
+func TestAdminProfilesOnlyFromLocalhost(t *testing.T) {
+	t.Parallel()
+	p := randomNet()
+	m := newMesh(t, articleSnapshot(p))
+	n1 := m.startNode("node-1")
+	get := func(from string) int {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+		c := &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
+		resp, err := c.Get("http://" + n1.Admin + "/debug/pprof/heap")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := get("127.0.0.1"); got != http.StatusOK {
+		t.Errorf("heap profile from loopback = %d; want 200", got)
+	}
+	// The admin port in the test listens on loopback, so a non-loopback caller cannot be made
+	// here; localOnly's refusal is checked through its handler directly below.
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest("GET", "/debug/pprof/heap", nil)
+	req.RemoteAddr = "10.1.2.3:4567"
+	ztunnel.LocalOnlyForTest(http.NotFoundHandler()).ServeHTTP(rec, req)
+	if rec.Code != http.StatusForbidden {
+		t.Errorf("profile from 10.1.2.3 = %d; want 403", rec.Code)
 	}
 }

@@ -1,0 +1,4 @@
+package ztunnel
+
+// LocalOnlyForTest exposes localOnly to the external tests.
+var LocalOnlyForTest = localOnly
