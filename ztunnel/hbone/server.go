@@ -19,6 +19,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/net/http2"
+
+	"github.com/warren-mesh/warren/ztunnel/sockets"
 )
 
 // ServerConfig configures a [Server].
@@ -238,8 +240,8 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) error {
 	info := &connInfo{
 		peer:   id,
 		certs:  st.PeerCertificates,
-		local:  addrPort(c.LocalAddr()),
-		remote: addrPort(c.RemoteAddr()),
+		local:  sockets.AddrPort(c.LocalAddr()),
+		remote: sockets.AddrPort(c.RemoteAddr()),
 		laddr:  c.LocalAddr(),
 		raddr:  c.RemoteAddr(),
 	}
@@ -249,18 +251,6 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn) error {
 		Handler:    s.h1.Handler,
 	})
 	return nil
-}
-
-// addrPort returns a's address and port, IPv4-mapped IPv6 addresses unmapped (dual-stack
-// listeners report IPv4 peers that way).
-func addrPort(a net.Addr) netip.AddrPort {
-	var ap netip.AddrPort
-	if t, ok := a.(*net.TCPAddr); ok {
-		ap = t.AddrPort()
-	} else {
-		ap, _ = netip.ParseAddrPort(a.String())
-	}
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
 // Stream is one CONNECT request received by a [Server], handed to

@@ -27,6 +27,7 @@ import (
 	"github.com/warren-mesh/warren/ztunnel/authz"
 	"github.com/warren-mesh/warren/ztunnel/hbone"
 	"github.com/warren-mesh/warren/ztunnel/relay"
+	"github.com/warren-mesh/warren/ztunnel/sockets"
 	"github.com/warren-mesh/warren/ztunnel/state"
 	"github.com/warren-mesh/warren/ztunnel/telemetry"
 )
@@ -178,13 +179,13 @@ func (p *Proxy) servePlaintext(ctx context.Context) error {
 
 func (p *Proxy) handlePlaintext(ctx context.Context, c net.Conn) {
 	start := time.Now()
-	srcAP := addrPortOf(c.RemoteAddr())
+	srcAP := sockets.AddrPort(c.RemoteAddr())
 	var dst netip.AddrPort
 	var err error
 	if p.cfg.OriginalDst != nil {
 		dst, err = p.cfg.OriginalDst(c)
 	} else {
-		dst = addrPortOf(c.LocalAddr())
+		dst = sockets.AddrPort(c.LocalAddr())
 		if !dst.IsValid() {
 			err = fmt.Errorf("local address %s is not ip:port", c.LocalAddr())
 		}
@@ -464,19 +465,4 @@ func (p *Proxy) Open() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return len(p.conns)
-}
-
-// addrPortOf returns a's address and port, IPv4-mapped IPv6 addresses unmapped (the in-pod
-// listeners are dual-stack).
-func addrPortOf(a net.Addr) netip.AddrPort {
-	var ap netip.AddrPort
-	switch a := a.(type) {
-	case *net.TCPAddr:
-		ap = a.AddrPort()
-	case interface{ AddrPort() netip.AddrPort }:
-		ap = a.AddrPort()
-	default:
-		ap, _ = netip.ParseAddrPort(a.String())
-	}
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }

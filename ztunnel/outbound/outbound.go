@@ -25,6 +25,7 @@ import (
 	"github.com/warren-mesh/warren/ztunnel/hbone"
 	"github.com/warren-mesh/warren/ztunnel/pool"
 	"github.com/warren-mesh/warren/ztunnel/relay"
+	"github.com/warren-mesh/warren/ztunnel/sockets"
 	"github.com/warren-mesh/warren/ztunnel/state"
 	"github.com/warren-mesh/warren/ztunnel/telemetry"
 )
@@ -210,7 +211,7 @@ func isWaypoint(view *state.View, src *nodeconfig.Workload, wp *nodeconfig.Gatew
 
 func (p *Proxy) handle(ctx context.Context, c net.Conn) {
 	start := time.Now()
-	srcAP := addrPortOf(c.RemoteAddr())
+	srcAP := sockets.AddrPort(c.RemoteAddr())
 	rec := telemetry.Connection{Direction: telemetry.Outbound, Src: srcAP, SrcIdentity: p.cfg.Identity.String()}
 	fail := func(mode telemetry.Mode, err error) {
 		if tc, ok := c.(*net.TCPConn); ok {
@@ -279,15 +280,4 @@ func (p *Proxy) headers(view *state.View, src netip.AddrPort, r Route) http.Head
 		h.Set("Baggage", "k8s.namespace.name="+w.GetNamespace()+",k8s.pod.name="+w.GetName())
 	}
 	return h
-}
-
-func addrPortOf(a net.Addr) netip.AddrPort {
-	var ap netip.AddrPort
-	if t, ok := a.(*net.TCPAddr); ok {
-		ap = t.AddrPort()
-	} else {
-		ap, _ = netip.ParseAddrPort(a.String())
-	}
-	// IPv4 clients of a dual-stack listener arrive IPv4-mapped.
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }

@@ -4,7 +4,8 @@
 // network namespace comes with the eBPF redirect. Every socket can carry the ztunnel's SO_MARK so
 // the redirect skips it, and MPTCP is off because MPTCP sockets cannot go into a SOCKMAP.
 //
-// It is a library: no logging. The ztunnel component and cmd/warren-ztunnel import it.
+// It is a library: no logging. The ztunnel and its data-plane packages (hbone, inbound,
+// outbound, nodeagent) and cmd/warren-ztunnel import it.
 package sockets
 
 import (
@@ -81,4 +82,17 @@ func (h Host) control(listen bool) func(network, address string, c syscall.RawCo
 		}
 		return serr
 	}
+}
+
+// AddrPort returns a TCP address as an AddrPort with IPv4-mapped IPv6 addresses unmapped: the
+// in-pod listeners are dual-stack and see IPv4 peers that way, while policy, logs and the HBONE
+// forwarded header want the plain IPv4 form. An address that is not ip:port gives the zero value.
+func AddrPort(a net.Addr) netip.AddrPort {
+	var ap netip.AddrPort
+	if t, ok := a.(*net.TCPAddr); ok {
+		ap = t.AddrPort()
+	} else if a != nil {
+		ap, _ = netip.ParseAddrPort(a.String())
+	}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
