@@ -261,6 +261,106 @@ func (TargetKind) EnumDescriptor() ([]byte, []int) {
 	return file_nodeconfig_proto_rawDescGZIP(), []int{3}
 }
 
+// RouteKind says which Gateway API route a Route came from.
+type RouteKind int32
+
+const (
+	RouteKind_ROUTE_KIND_UNSPECIFIED RouteKind = 0
+	RouteKind_ROUTE_KIND_HTTP        RouteKind = 1
+	RouteKind_ROUTE_KIND_GRPC        RouteKind = 2
+)
+
+// Enum value maps for RouteKind.
+var (
+	RouteKind_name = map[int32]string{
+		0: "ROUTE_KIND_UNSPECIFIED",
+		1: "ROUTE_KIND_HTTP",
+		2: "ROUTE_KIND_GRPC",
+	}
+	RouteKind_value = map[string]int32{
+		"ROUTE_KIND_UNSPECIFIED": 0,
+		"ROUTE_KIND_HTTP":        1,
+		"ROUTE_KIND_GRPC":        2,
+	}
+)
+
+func (x RouteKind) Enum() *RouteKind {
+	p := new(RouteKind)
+	*p = x
+	return p
+}
+
+func (x RouteKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RouteKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_nodeconfig_proto_enumTypes[4].Descriptor()
+}
+
+func (RouteKind) Type() protoreflect.EnumType {
+	return &file_nodeconfig_proto_enumTypes[4]
+}
+
+func (x RouteKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RouteKind.Descriptor instead.
+func (RouteKind) EnumDescriptor() ([]byte, []int) {
+	return file_nodeconfig_proto_rawDescGZIP(), []int{4}
+}
+
+// StringMatchType is how a value is compared.
+type StringMatchType int32
+
+const (
+	StringMatchType_STRING_MATCH_TYPE_EXACT              StringMatchType = 0
+	StringMatchType_STRING_MATCH_TYPE_PATH_PREFIX        StringMatchType = 1
+	StringMatchType_STRING_MATCH_TYPE_REGULAR_EXPRESSION StringMatchType = 2
+)
+
+// Enum value maps for StringMatchType.
+var (
+	StringMatchType_name = map[int32]string{
+		0: "STRING_MATCH_TYPE_EXACT",
+		1: "STRING_MATCH_TYPE_PATH_PREFIX",
+		2: "STRING_MATCH_TYPE_REGULAR_EXPRESSION",
+	}
+	StringMatchType_value = map[string]int32{
+		"STRING_MATCH_TYPE_EXACT":              0,
+		"STRING_MATCH_TYPE_PATH_PREFIX":        1,
+		"STRING_MATCH_TYPE_REGULAR_EXPRESSION": 2,
+	}
+)
+
+func (x StringMatchType) Enum() *StringMatchType {
+	p := new(StringMatchType)
+	*p = x
+	return p
+}
+
+func (x StringMatchType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (StringMatchType) Descriptor() protoreflect.EnumDescriptor {
+	return file_nodeconfig_proto_enumTypes[5].Descriptor()
+}
+
+func (StringMatchType) Type() protoreflect.EnumType {
+	return &file_nodeconfig_proto_enumTypes[5]
+}
+
+func (x StringMatchType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use StringMatchType.Descriptor instead.
+func (StringMatchType) EnumDescriptor() ([]byte, []int) {
+	return file_nodeconfig_proto_rawDescGZIP(), []int{5}
+}
+
 // Snapshot is the whole configuration one node needs. Consumers swap snapshots atomically.
 type Snapshot struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -274,7 +374,9 @@ type Snapshot struct {
 	Defaults    *MeshDefaults `protobuf:"bytes,6,opt,name=defaults,proto3" json:"defaults,omitempty"`
 	// TrustBundle is the PEM of every trusted root of the trust domain; two during a root
 	// rotation. Empty in standalone mode, where the ztunnel's own CA is the only root.
-	TrustBundle   string `protobuf:"bytes,7,opt,name=trust_bundle,json=trustBundle,proto3" json:"trust_bundle,omitempty"`
+	TrustBundle string `protobuf:"bytes,7,opt,name=trust_bundle,json=trustBundle,proto3" json:"trust_bundle,omitempty"`
+	// Routes are the compiled HTTPRoutes and GRPCRoutes; only waypoints use them.
+	Routes        []*Route `protobuf:"bytes,8,rep,name=routes,proto3" json:"routes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -356,6 +458,13 @@ func (x *Snapshot) GetTrustBundle() string {
 		return x.TrustBundle
 	}
 	return ""
+}
+
+func (x *Snapshot) GetRoutes() []*Route {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
 }
 
 // MeshDefaults are the install-time defaults.
@@ -1243,11 +1352,1083 @@ func (x *Network) GetExcept() []string {
 	return nil
 }
 
+// Route is a compiled Gateway API HTTPRoute or GRPCRoute as a waypoint applies it. Only accepted
+// parents appear; a route without any accepted parent is not in the snapshot.
+type Route struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Name      string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Namespace string                 `protobuf:"bytes,2,opt,name=namespace,proto3" json:"namespace,omitempty"`
+	Kind      RouteKind              `protobuf:"varint,3,opt,name=kind,proto3,enum=warren.nodeconfig.v1.RouteKind" json:"kind,omitempty"`
+	Parents   []*RouteParent         `protobuf:"bytes,4,rep,name=parents,proto3" json:"parents,omitempty"`
+	// Hostnames are the route's hostnames; empty matches any Host/:authority.
+	Hostnames []string     `protobuf:"bytes,5,rep,name=hostnames,proto3" json:"hostnames,omitempty"`
+	Rules     []*RouteRule `protobuf:"bytes,6,rep,name=rules,proto3" json:"rules,omitempty"`
+	// CreationTime (Unix seconds) orders routes for the Gateway API precedence tie-break (oldest
+	// first, then "namespace/name" alphabetically).
+	CreationTime  int64 `protobuf:"varint,7,opt,name=creation_time,json=creationTime,proto3" json:"creation_time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Route) Reset() {
+	*x = Route{}
+	mi := &file_nodeconfig_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Route) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Route) ProtoMessage() {}
+
+func (x *Route) ProtoReflect() protoreflect.Message {
+	mi := &file_nodeconfig_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Route.ProtoReflect.Descriptor instead.
+func (*Route) Descriptor() ([]byte, []int) {
+	return file_nodeconfig_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *Route) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Route) GetNamespace() string {
+	if x != nil {
+		return x.Namespace
+	}
+	return ""
+}
+
+func (x *Route) GetKind() RouteKind {
+	if x != nil {
+		return x.Kind
+	}
+	return RouteKind_ROUTE_KIND_UNSPECIFIED
+}
+
+func (x *Route) GetParents() []*RouteParent {
+	if x != nil {
+		return x.Parents
+	}
+	return nil
+}
+
+func (x *Route) GetHostnames() []string {
+	if x != nil {
+		return x.Hostnames
+	}
+	return nil
+}
+
+func (x *Route) GetRules() []*RouteRule {
+	if x != nil {
+		return x.Rules
+	}
+	return nil
+}
+
+func (x *Route) GetCreationTime() int64 {
+	if x != nil {
+		return x.CreationTime
+	}
+	return 0
+}
+
+// RouteParent is one accepted parentRef.
+type RouteParent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Parent:
+	//
+	//	*RouteParent_Service
+	//	*RouteParent_Server
+	Parent isRouteParent_Parent `protobuf_oneof:"parent"`
+	// Port, when non-zero, limits a Service parent to one service port.
+	Port          uint32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteParent) Reset() {
+	*x = RouteParent{}
+	mi := &file_nodeconfig_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteParent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteParent) ProtoMessage() {}
+
+func (x *RouteParent) ProtoReflect() protoreflect.Message {
+	mi := &file_nodeconfig_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteParent.ProtoReflect.Descriptor instead.
+func (*RouteParent) Descriptor() ([]byte, []int) {
+	return file_nodeconfig_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RouteParent) GetParent() isRouteParent_Parent {
+	if x != nil {
+		return x.Parent
+	}
+	return nil
+}
+
+func (x *RouteParent) GetService() string {
+	if x != nil {
+		if x, ok := x.Parent.(*RouteParent_Service); ok {
+			return x.Service
+		}
+	}
+	return ""
+}
+
+func (x *RouteParent) GetServer() string {
+	if x != nil {
+		if x, ok := x.Parent.(*RouteParent_Server); ok {
+			return x.Server
+		}
+	}
+	return ""
+}
+
+func (x *RouteParent) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+type isRouteParent_Parent interface {
+	isRouteParent_Parent()
+}
+
+type RouteParent_Service struct {
+	// Service is "namespace/name" of a Service the route attaches to (GAMMA, mesh style):
+	// requests to the Service's VIP (or its endpoints through it) use the route.
+	Service string `protobuf:"bytes,1,opt,name=service,proto3,oneof"`
+}
+
+type RouteParent_Server struct {
+	// Server is "namespace/name" of a policy.warren.dev Server (Linkerd style, inbound): requests
+	// to the pods and port the Server covers use the route.
+	Server string `protobuf:"bytes,2,opt,name=server,proto3,oneof"`
+}
+
+func (*RouteParent_Service) isRouteParent_Parent() {}
+
+func (*RouteParent_Server) isRouteParent_Parent() {}
+
+// RouteRule is one rule: any of its matches selects it (OR); an empty list matches every request
+// (as a single "PathPrefix /" match does).
+type RouteRule struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Name is the rule's optional sectionName.
+	Name    string         `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Matches []*RouteMatch  `protobuf:"bytes,2,rep,name=matches,proto3" json:"matches,omitempty"`
+	Filters []*RouteFilter `protobuf:"bytes,3,rep,name=filters,proto3" json:"filters,omitempty"`
+	// Backends are weighted; none (or all weights zero) answers 500, as Gateway API requires.
+	Backends []*RouteBackend `protobuf:"bytes,4,rep,name=backends,proto3" json:"backends,omitempty"`
+	// TimeoutMs is the whole request's timeout (timeouts.request); zero means none.
+	TimeoutMs uint32 `protobuf:"varint,5,opt,name=timeout_ms,json=timeoutMs,proto3" json:"timeout_ms,omitempty"`
+	// BackendTimeoutMs bounds each attempt to a backend (timeouts.backendRequest); zero means none.
+	BackendTimeoutMs uint32      `protobuf:"varint,6,opt,name=backend_timeout_ms,json=backendTimeoutMs,proto3" json:"backend_timeout_ms,omitempty"`
+	Retry            *RouteRetry `protobuf:"bytes,7,opt,name=retry,proto3" json:"retry,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *RouteRule) Reset() {
+	*x = RouteRule{}
+	mi := &file_nodeconfig_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteRule) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteRule) ProtoMessage() {}
+
+func (x *RouteRule) ProtoReflect() protoreflect.Message {
+	mi := &file_nodeconfig_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteRule.ProtoReflect.Descriptor instead.
+func (*RouteRule) Descriptor() ([]byte, []int) {
+	return file_nodeconfig_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *RouteRule) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *RouteRule) GetMatches() []*RouteMatch {
+	if x != nil {
+		return x.Matches
+	}
+	return nil
+}
+
+func (x *RouteRule) GetFilters() []*RouteFilter {
+	if x != nil {
+		return x.Filters
+	}
+	return nil
+}
+
+func (x *RouteRule) GetBackends() []*RouteBackend {
+	if x != nil {
+		return x.Backends
+	}
+	return nil
+}
+
+func (x *RouteRule) GetTimeoutMs() uint32 {
+	if x != nil {
+		return x.TimeoutMs
+	}
+	return 0
+}
+
+func (x *RouteRule) GetBackendTimeoutMs() uint32 {
+	if x != nil {
+		return x.BackendTimeoutMs
+	}
+	return 0
+}
+
+func (x *RouteRule) GetRetry() *RouteRetry {
+	if x != nil {
+		return x.Retry
+	}
+	return nil
+}
+
+// RouteMatch ANDs every condition present.
+type RouteMatch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Path: Exact, PathPrefix (segment-wise) or RegularExpression (RE2, whole path). Absent means
+	// PathPrefix "/" for HTTP routes and no path condition for gRPC routes.
+	Path *StringMatch `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// Headers: Exact or RegularExpression; names are case-insensitive.
+	Headers []*NamedMatch `protobuf:"bytes,2,rep,name=headers,proto3" json:"headers,omitempty"`
+	// QueryParams: Exact or RegularExpression; names are case-sensitive.
+	QueryParams []*NamedMatch `protobuf:"bytes,3,rep,name=query_params,json=queryParams,proto3" json:"query_params,omitempty"`
+	// Method is the HTTP method; empty matches any.
+	Method string `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
+	// GrpcService and GrpcMethod match "/service/method" of gRPC routes (Exact or
+	// RegularExpression); empty matches any.
+	GrpcService   *StringMatch `protobuf:"bytes,5,opt,name=grpc_service,json=grpcService,proto3" json:"grpc_service,omitempty"`
+	GrpcMethod    *StringMatch `protobuf:"bytes,6,opt,name=grpc_method,json=grpcMethod,proto3" json:"grpc_method,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteMatch) Reset() {
+	*x = RouteMatch{}
+	mi := &file_nodeconfig_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteMatch) ProtoMessage() {}
+
+func (x *RouteMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_nodeconfig_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteMatch.ProtoReflect.Descriptor instead.
+func (*RouteMatch) Descriptor() ([]byte, []int) {
+	return file_nodeconfig_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *RouteMatch) GetPath() *StringMatch {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+func (x *RouteMatch) GetHeaders() []*NamedMatch {
+	if x != nil {
+		return x.Headers
+	}
+	return nil
+}
+
+func (x *RouteMatch) GetQueryParams() []*NamedMatch {
+	if x != nil {
+		return x.QueryParams
+	}
+	return nil
+}
+
+func (x *RouteMatch) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *RouteMatch) GetGrpcService() *StringMatch {
+	if x != nil {
+		return x.GrpcService
+	}
+	return nil
+}
+
+func (x *RouteMatch) GetGrpcMethod() *StringMatch {
+	if x != nil {
+		return x.GrpcMethod
+	}
+	return nil
+}
+
+type StringMatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Type          StringMatchType        `protobuf:"varint,1,opt,name=type,proto3,enum=warren.nodeconfig.v1.StringMatchType" json:"type,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StringMatch) Reset() {
+	*x = StringMatch{}
+	mi := &file_nodeconfig_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StringMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StringMatch) ProtoMessage() {}
+
+func (x *StringMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_nodeconfig_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StringMatch.ProtoReflect.Descriptor instead.
+func (*StringMatch) Descriptor() ([]byte, []int) {
+	return file_nodeconfig_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *StringMatch) GetType() StringMatchType {
+	if x != nil {
+		return x.Type
+	}
+	return StringMatchType_STRING_MATCH_TYPE_EXACT
+}
+
+func (x *StringMatch) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+type NamedMatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Type          StringMatchType        `protobuf:"varint,2,opt,name=type,proto3,enum=warren.nodeconfig.v1.StringMatchType" json:"type,omitempty"`
+	Value         string                 `protobuf:"bytes,3,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NamedMatch) Reset() {
+	*x = NamedMatch{}
+	mi := &file_nodeconfig_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NamedMatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NamedMatch) ProtoMessage() {}
+
+func (x *NamedMatch) ProtoReflect() protoreflect.Message {
+	mi := &file_nodeconfig_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NamedMatch.ProtoReflect.Descriptor instead.
+func (*NamedMatch) Descriptor() ([]byte, []int) {
+	return file_nodeconfig_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *NamedMatch) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *NamedMatch) GetType() StringMatchType {
+	if x != nil {
+		return x.Type
+	}
+	return StringMatchType_STRING_MATCH_TYPE_EXACT
+}
+
+func (x *NamedMatch) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+// RouteFilter is one Gateway API filter, applied in order.
+type RouteFilter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Filter:
+	//
+	//	*RouteFilter_RequestHeaderModifier
+	//	*RouteFilter_ResponseHeaderModifier
+	//	*RouteFilter_RequestRedirect
+	//	*RouteFilter_UrlRewrite
+	Filter        isRouteFilter_Filter `protobuf_oneof:"filter"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteFilter) Reset() {
+	*x = RouteFilter{}
+	mi := &file_nodeconfig_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteFilter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteFilter) ProtoMessage() {}
+
+func (x *RouteFilter) ProtoReflect() protoreflect.Message {
+	mi := &file_nodeconfig_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteFilter.ProtoReflect.Descriptor instead.
+func (*RouteFilter) Descriptor() ([]byte, []int) {
+	return file_nodeconfig_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RouteFilter) GetFilter() isRouteFilter_Filter {
+	if x != nil {
+		return x.Filter
+	}
+	return nil
+}
+
+func (x *RouteFilter) GetRequestHeaderModifier() *HeaderModifier {
+	if x != nil {
+		if x, ok := x.Filter.(*RouteFilter_RequestHeaderModifier); ok {
+			return x.RequestHeaderModifier
+		}
+	}
+	return nil
+}
+
+func (x *RouteFilter) GetResponseHeaderModifier() *HeaderModifier {
+	if x != nil {
+		if x, ok := x.Filter.(*RouteFilter_ResponseHeaderModifier); ok {
+			return x.ResponseHeaderModifier
+		}
+	}
+	return nil
+}
+
+func (x *RouteFilter) GetRequestRedirect() *RequestRedirect {
+	if x != nil {
+		if x, ok := x.Filter.(*RouteFilter_RequestRedirect); ok {
+			return x.RequestRedirect
+		}
+	}
+	return nil
+}
+
+func (x *RouteFilter) GetUrlRewrite() *URLRewrite {
+	if x != nil {
+		if x, ok := x.Filter.(*RouteFilter_UrlRewrite); ok {
+			return x.UrlRewrite
+		}
+	}
+	return nil
+}
+
+type isRouteFilter_Filter interface {
+	isRouteFilter_Filter()
+}
+
+type RouteFilter_RequestHeaderModifier struct {
+	RequestHeaderModifier *HeaderModifier `protobuf:"bytes,1,opt,name=request_header_modifier,json=requestHeaderModifier,proto3,oneof"`
+}
+
+type RouteFilter_ResponseHeaderModifier struct {
+	ResponseHeaderModifier *HeaderModifier `protobuf:"bytes,2,opt,name=response_header_modifier,json=responseHeaderModifier,proto3,oneof"`
+}
+
+type RouteFilter_RequestRedirect struct {
+	RequestRedirect *RequestRedirect `protobuf:"bytes,3,opt,name=request_redirect,json=requestRedirect,proto3,oneof"`
+}
+
+type RouteFilter_UrlRewrite struct {
+	UrlRewrite *URLRewrite `protobuf:"bytes,4,opt,name=url_rewrite,json=urlRewrite,proto3,oneof"`
+}
+
+func (*RouteFilter_RequestHeaderModifier) isRouteFilter_Filter() {}
+
+func (*RouteFilter_ResponseHeaderModifier) isRouteFilter_Filter() {}
+
+func (*RouteFilter_RequestRedirect) isRouteFilter_Filter() {}
+
+func (*RouteFilter_UrlRewrite) isRouteFilter_Filter() {}
+
+type HeaderModifier struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Set           []*Header              `protobuf:"bytes,1,rep,name=set,proto3" json:"set,omitempty"`
+	Add           []*Header              `protobuf:"bytes,2,rep,name=add,proto3" json:"add,omitempty"`
+	Remove        []string               `protobuf:"bytes,3,rep,name=remove,proto3" json:"remove,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HeaderModifier) Reset() {
+	*x = HeaderModifier{}
+	mi := &file_nodeconfig_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HeaderModifier) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HeaderModifier) ProtoMessage() {}
+
+func (x *HeaderModifier) ProtoReflect() protoreflect.Message {
+	mi := &file_nodeconfig_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HeaderModifier.ProtoReflect.Descriptor instead.
+func (*HeaderModifier) Descriptor() ([]byte, []int) {
+	return file_nodeconfig_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *HeaderModifier) GetSet() []*Header {
+	if x != nil {
+		return x.Set
+	}
+	return nil
+}
+
+func (x *HeaderModifier) GetAdd() []*Header {
+	if x != nil {
+		return x.Add
+	}
+	return nil
+}
+
+func (x *HeaderModifier) GetRemove() []string {
+	if x != nil {
+		return x.Remove
+	}
+	return nil
+}
+
+type Header struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Header) Reset() {
+	*x = Header{}
+	mi := &file_nodeconfig_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Header) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Header) ProtoMessage() {}
+
+func (x *Header) ProtoReflect() protoreflect.Message {
+	mi := &file_nodeconfig_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Header.ProtoReflect.Descriptor instead.
+func (*Header) Descriptor() ([]byte, []int) {
+	return file_nodeconfig_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *Header) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *Header) GetValue() string {
+	if x != nil {
+		return x.Value
+	}
+	return ""
+}
+
+// PathModifier rewrites a path: a full replacement, or the part the rule's PathPrefix matched.
+type PathModifier struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Modifier:
+	//
+	//	*PathModifier_ReplaceFullPath
+	//	*PathModifier_ReplacePrefixMatch
+	Modifier      isPathModifier_Modifier `protobuf_oneof:"modifier"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PathModifier) Reset() {
+	*x = PathModifier{}
+	mi := &file_nodeconfig_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PathModifier) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PathModifier) ProtoMessage() {}
+
+func (x *PathModifier) ProtoReflect() protoreflect.Message {
+	mi := &file_nodeconfig_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PathModifier.ProtoReflect.Descriptor instead.
+func (*PathModifier) Descriptor() ([]byte, []int) {
+	return file_nodeconfig_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *PathModifier) GetModifier() isPathModifier_Modifier {
+	if x != nil {
+		return x.Modifier
+	}
+	return nil
+}
+
+func (x *PathModifier) GetReplaceFullPath() string {
+	if x != nil {
+		if x, ok := x.Modifier.(*PathModifier_ReplaceFullPath); ok {
+			return x.ReplaceFullPath
+		}
+	}
+	return ""
+}
+
+func (x *PathModifier) GetReplacePrefixMatch() string {
+	if x != nil {
+		if x, ok := x.Modifier.(*PathModifier_ReplacePrefixMatch); ok {
+			return x.ReplacePrefixMatch
+		}
+	}
+	return ""
+}
+
+type isPathModifier_Modifier interface {
+	isPathModifier_Modifier()
+}
+
+type PathModifier_ReplaceFullPath struct {
+	ReplaceFullPath string `protobuf:"bytes,1,opt,name=replace_full_path,json=replaceFullPath,proto3,oneof"`
+}
+
+type PathModifier_ReplacePrefixMatch struct {
+	ReplacePrefixMatch string `protobuf:"bytes,2,opt,name=replace_prefix_match,json=replacePrefixMatch,proto3,oneof"`
+}
+
+func (*PathModifier_ReplaceFullPath) isPathModifier_Modifier() {}
+
+func (*PathModifier_ReplacePrefixMatch) isPathModifier_Modifier() {}
+
+type RequestRedirect struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty fields keep the request's value.
+	Scheme   string        `protobuf:"bytes,1,opt,name=scheme,proto3" json:"scheme,omitempty"`
+	Hostname string        `protobuf:"bytes,2,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Path     *PathModifier `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
+	Port     uint32        `protobuf:"varint,4,opt,name=port,proto3" json:"port,omitempty"`
+	// StatusCode is 301 or 302 (default 302).
+	StatusCode    uint32 `protobuf:"varint,5,opt,name=status_code,json=statusCode,proto3" json:"status_code,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RequestRedirect) Reset() {
+	*x = RequestRedirect{}
+	mi := &file_nodeconfig_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RequestRedirect) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RequestRedirect) ProtoMessage() {}
+
+func (x *RequestRedirect) ProtoReflect() protoreflect.Message {
+	mi := &file_nodeconfig_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RequestRedirect.ProtoReflect.Descriptor instead.
+func (*RequestRedirect) Descriptor() ([]byte, []int) {
+	return file_nodeconfig_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RequestRedirect) GetScheme() string {
+	if x != nil {
+		return x.Scheme
+	}
+	return ""
+}
+
+func (x *RequestRedirect) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *RequestRedirect) GetPath() *PathModifier {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+func (x *RequestRedirect) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *RequestRedirect) GetStatusCode() uint32 {
+	if x != nil {
+		return x.StatusCode
+	}
+	return 0
+}
+
+type URLRewrite struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Hostname      string                 `protobuf:"bytes,1,opt,name=hostname,proto3" json:"hostname,omitempty"`
+	Path          *PathModifier          `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *URLRewrite) Reset() {
+	*x = URLRewrite{}
+	mi := &file_nodeconfig_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *URLRewrite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*URLRewrite) ProtoMessage() {}
+
+func (x *URLRewrite) ProtoReflect() protoreflect.Message {
+	mi := &file_nodeconfig_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use URLRewrite.ProtoReflect.Descriptor instead.
+func (*URLRewrite) Descriptor() ([]byte, []int) {
+	return file_nodeconfig_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *URLRewrite) GetHostname() string {
+	if x != nil {
+		return x.Hostname
+	}
+	return ""
+}
+
+func (x *URLRewrite) GetPath() *PathModifier {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
+// RouteBackend is one weighted backendRef, resolved to a Service of the snapshot.
+type RouteBackend struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Service is "namespace/name" of a Service in the snapshot. Empty means the backendRef could
+	// not be resolved; requests that pick it get 500.
+	Service string `protobuf:"bytes,1,opt,name=service,proto3" json:"service,omitempty"`
+	Port    uint32 `protobuf:"varint,2,opt,name=port,proto3" json:"port,omitempty"`
+	// Weight defaults to 1 in the route; zero never receives traffic.
+	Weight uint32 `protobuf:"varint,3,opt,name=weight,proto3" json:"weight,omitempty"`
+	// Filters are the backendRef's own filters, applied after the rule's.
+	Filters       []*RouteFilter `protobuf:"bytes,4,rep,name=filters,proto3" json:"filters,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteBackend) Reset() {
+	*x = RouteBackend{}
+	mi := &file_nodeconfig_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteBackend) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteBackend) ProtoMessage() {}
+
+func (x *RouteBackend) ProtoReflect() protoreflect.Message {
+	mi := &file_nodeconfig_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteBackend.ProtoReflect.Descriptor instead.
+func (*RouteBackend) Descriptor() ([]byte, []int) {
+	return file_nodeconfig_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RouteBackend) GetService() string {
+	if x != nil {
+		return x.Service
+	}
+	return ""
+}
+
+func (x *RouteBackend) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
+func (x *RouteBackend) GetWeight() uint32 {
+	if x != nil {
+		return x.Weight
+	}
+	return 0
+}
+
+func (x *RouteBackend) GetFilters() []*RouteFilter {
+	if x != nil {
+		return x.Filters
+	}
+	return nil
+}
+
+// RouteRetry is the rule's retry policy (Gateway API HTTPRoute retry, standard since v1.2).
+type RouteRetry struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Attempts is the number of retries after the first try; zero disables retries.
+	Attempts uint32 `protobuf:"varint,1,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// Codes are the HTTP status codes that are retried (default 500, 502, 503, 504).
+	Codes []uint32 `protobuf:"varint,2,rep,packed,name=codes,proto3" json:"codes,omitempty"`
+	// BackoffMs is the base wait between attempts.
+	BackoffMs     uint32 `protobuf:"varint,3,opt,name=backoff_ms,json=backoffMs,proto3" json:"backoff_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteRetry) Reset() {
+	*x = RouteRetry{}
+	mi := &file_nodeconfig_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteRetry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteRetry) ProtoMessage() {}
+
+func (x *RouteRetry) ProtoReflect() protoreflect.Message {
+	mi := &file_nodeconfig_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteRetry.ProtoReflect.Descriptor instead.
+func (*RouteRetry) Descriptor() ([]byte, []int) {
+	return file_nodeconfig_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RouteRetry) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *RouteRetry) GetCodes() []uint32 {
+	if x != nil {
+		return x.Codes
+	}
+	return nil
+}
+
+func (x *RouteRetry) GetBackoffMs() uint32 {
+	if x != nil {
+		return x.BackoffMs
+	}
+	return 0
+}
+
 var File_nodeconfig_proto protoreflect.FileDescriptor
 
 const file_nodeconfig_proto_rawDesc = "" +
 	"\n" +
-	"\x10nodeconfig.proto\x12\x14warren.nodeconfig.v1\"\xdb\x02\n" +
+	"\x10nodeconfig.proto\x12\x14warren.nodeconfig.v1\"\x90\x03\n" +
 	"\bSnapshot\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\tR\aversion\x12!\n" +
 	"\ftrust_domain\x18\x02 \x01(\tR\vtrustDomain\x12<\n" +
@@ -1255,7 +2436,8 @@ const file_nodeconfig_proto_rawDesc = "" +
 	"\bservices\x18\x04 \x03(\v2\x1d.warren.nodeconfig.v1.ServiceR\bservices\x126\n" +
 	"\aservers\x18\x05 \x03(\v2\x1c.warren.nodeconfig.v1.ServerR\aservers\x12>\n" +
 	"\bdefaults\x18\x06 \x01(\v2\".warren.nodeconfig.v1.MeshDefaultsR\bdefaults\x12!\n" +
-	"\ftrust_bundle\x18\a \x01(\tR\vtrustBundle\"\x94\x01\n" +
+	"\ftrust_bundle\x18\a \x01(\tR\vtrustBundle\x123\n" +
+	"\x06routes\x18\b \x03(\v2\x1b.warren.nodeconfig.v1.RouteR\x06routes\"\x94\x01\n" +
 	"\fMeshDefaults\x12Y\n" +
 	"\x16default_inbound_policy\x18\x01 \x01(\x0e2#.warren.nodeconfig.v1.DefaultPolicyR\x14defaultInboundPolicy\x12)\n" +
 	"\x10cluster_networks\x18\x02 \x03(\tR\x0fclusterNetworks\"\xa0\x04\n" +
@@ -1327,7 +2509,87 @@ const file_nodeconfig_proto_rawDesc = "" +
 	"identities\"5\n" +
 	"\aNetwork\x12\x12\n" +
 	"\x04cidr\x18\x01 \x01(\tR\x04cidr\x12\x16\n" +
-	"\x06except\x18\x02 \x03(\tR\x06except*\x86\x02\n" +
+	"\x06except\x18\x02 \x03(\tR\x06except\"\xa5\x02\n" +
+	"\x05Route\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
+	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x123\n" +
+	"\x04kind\x18\x03 \x01(\x0e2\x1f.warren.nodeconfig.v1.RouteKindR\x04kind\x12;\n" +
+	"\aparents\x18\x04 \x03(\v2!.warren.nodeconfig.v1.RouteParentR\aparents\x12\x1c\n" +
+	"\thostnames\x18\x05 \x03(\tR\thostnames\x125\n" +
+	"\x05rules\x18\x06 \x03(\v2\x1f.warren.nodeconfig.v1.RouteRuleR\x05rules\x12#\n" +
+	"\rcreation_time\x18\a \x01(\x03R\fcreationTime\"a\n" +
+	"\vRouteParent\x12\x1a\n" +
+	"\aservice\x18\x01 \x01(\tH\x00R\aservice\x12\x18\n" +
+	"\x06server\x18\x02 \x01(\tH\x00R\x06server\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04portB\b\n" +
+	"\x06parent\"\xdd\x02\n" +
+	"\tRouteRule\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12:\n" +
+	"\amatches\x18\x02 \x03(\v2 .warren.nodeconfig.v1.RouteMatchR\amatches\x12;\n" +
+	"\afilters\x18\x03 \x03(\v2!.warren.nodeconfig.v1.RouteFilterR\afilters\x12>\n" +
+	"\bbackends\x18\x04 \x03(\v2\".warren.nodeconfig.v1.RouteBackendR\bbackends\x12\x1d\n" +
+	"\n" +
+	"timeout_ms\x18\x05 \x01(\rR\ttimeoutMs\x12,\n" +
+	"\x12backend_timeout_ms\x18\x06 \x01(\rR\x10backendTimeoutMs\x126\n" +
+	"\x05retry\x18\a \x01(\v2 .warren.nodeconfig.v1.RouteRetryR\x05retry\"\xe6\x02\n" +
+	"\n" +
+	"RouteMatch\x125\n" +
+	"\x04path\x18\x01 \x01(\v2!.warren.nodeconfig.v1.StringMatchR\x04path\x12:\n" +
+	"\aheaders\x18\x02 \x03(\v2 .warren.nodeconfig.v1.NamedMatchR\aheaders\x12C\n" +
+	"\fquery_params\x18\x03 \x03(\v2 .warren.nodeconfig.v1.NamedMatchR\vqueryParams\x12\x16\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\x12D\n" +
+	"\fgrpc_service\x18\x05 \x01(\v2!.warren.nodeconfig.v1.StringMatchR\vgrpcService\x12B\n" +
+	"\vgrpc_method\x18\x06 \x01(\v2!.warren.nodeconfig.v1.StringMatchR\n" +
+	"grpcMethod\"^\n" +
+	"\vStringMatch\x129\n" +
+	"\x04type\x18\x01 \x01(\x0e2%.warren.nodeconfig.v1.StringMatchTypeR\x04type\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"q\n" +
+	"\n" +
+	"NamedMatch\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x129\n" +
+	"\x04type\x18\x02 \x01(\x0e2%.warren.nodeconfig.v1.StringMatchTypeR\x04type\x12\x14\n" +
+	"\x05value\x18\x03 \x01(\tR\x05value\"\xf2\x02\n" +
+	"\vRouteFilter\x12^\n" +
+	"\x17request_header_modifier\x18\x01 \x01(\v2$.warren.nodeconfig.v1.HeaderModifierH\x00R\x15requestHeaderModifier\x12`\n" +
+	"\x18response_header_modifier\x18\x02 \x01(\v2$.warren.nodeconfig.v1.HeaderModifierH\x00R\x16responseHeaderModifier\x12R\n" +
+	"\x10request_redirect\x18\x03 \x01(\v2%.warren.nodeconfig.v1.RequestRedirectH\x00R\x0frequestRedirect\x12C\n" +
+	"\vurl_rewrite\x18\x04 \x01(\v2 .warren.nodeconfig.v1.URLRewriteH\x00R\n" +
+	"urlRewriteB\b\n" +
+	"\x06filter\"\x88\x01\n" +
+	"\x0eHeaderModifier\x12.\n" +
+	"\x03set\x18\x01 \x03(\v2\x1c.warren.nodeconfig.v1.HeaderR\x03set\x12.\n" +
+	"\x03add\x18\x02 \x03(\v2\x1c.warren.nodeconfig.v1.HeaderR\x03add\x12\x16\n" +
+	"\x06remove\x18\x03 \x03(\tR\x06remove\"2\n" +
+	"\x06Header\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value\"|\n" +
+	"\fPathModifier\x12,\n" +
+	"\x11replace_full_path\x18\x01 \x01(\tH\x00R\x0freplaceFullPath\x122\n" +
+	"\x14replace_prefix_match\x18\x02 \x01(\tH\x00R\x12replacePrefixMatchB\n" +
+	"\n" +
+	"\bmodifier\"\xb2\x01\n" +
+	"\x0fRequestRedirect\x12\x16\n" +
+	"\x06scheme\x18\x01 \x01(\tR\x06scheme\x12\x1a\n" +
+	"\bhostname\x18\x02 \x01(\tR\bhostname\x126\n" +
+	"\x04path\x18\x03 \x01(\v2\".warren.nodeconfig.v1.PathModifierR\x04path\x12\x12\n" +
+	"\x04port\x18\x04 \x01(\rR\x04port\x12\x1f\n" +
+	"\vstatus_code\x18\x05 \x01(\rR\n" +
+	"statusCode\"`\n" +
+	"\n" +
+	"URLRewrite\x12\x1a\n" +
+	"\bhostname\x18\x01 \x01(\tR\bhostname\x126\n" +
+	"\x04path\x18\x02 \x01(\v2\".warren.nodeconfig.v1.PathModifierR\x04path\"\x91\x01\n" +
+	"\fRouteBackend\x12\x18\n" +
+	"\aservice\x18\x01 \x01(\tR\aservice\x12\x12\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\x12\x16\n" +
+	"\x06weight\x18\x03 \x01(\rR\x06weight\x12;\n" +
+	"\afilters\x18\x04 \x03(\v2!.warren.nodeconfig.v1.RouteFilterR\afilters\"]\n" +
+	"\n" +
+	"RouteRetry\x12\x1a\n" +
+	"\battempts\x18\x01 \x01(\rR\battempts\x12\x14\n" +
+	"\x05codes\x18\x02 \x03(\rR\x05codes\x12\x1d\n" +
+	"\n" +
+	"backoff_ms\x18\x03 \x01(\rR\tbackoffMs*\x86\x02\n" +
 	"\rDefaultPolicy\x12\x1e\n" +
 	"\x1aDEFAULT_POLICY_UNSPECIFIED\x10\x00\x12&\n" +
 	"\"DEFAULT_POLICY_ALL_UNAUTHENTICATED\x10\x01\x12$\n" +
@@ -1352,7 +2614,15 @@ const file_nodeconfig_proto_rawDesc = "" +
 	"\x12TARGET_KIND_SERVER\x10\x01\x12\x19\n" +
 	"\x15TARGET_KIND_NAMESPACE\x10\x02\x12\x1a\n" +
 	"\x16TARGET_KIND_HTTP_ROUTE\x10\x03\x12\x1a\n" +
-	"\x16TARGET_KIND_GRPC_ROUTE\x10\x04B.Z,github.com/warren-mesh/warren/api/nodeconfigb\x06proto3"
+	"\x16TARGET_KIND_GRPC_ROUTE\x10\x04*Q\n" +
+	"\tRouteKind\x12\x1a\n" +
+	"\x16ROUTE_KIND_UNSPECIFIED\x10\x00\x12\x13\n" +
+	"\x0fROUTE_KIND_HTTP\x10\x01\x12\x13\n" +
+	"\x0fROUTE_KIND_GRPC\x10\x02*{\n" +
+	"\x0fStringMatchType\x12\x1b\n" +
+	"\x17STRING_MATCH_TYPE_EXACT\x10\x00\x12!\n" +
+	"\x1dSTRING_MATCH_TYPE_PATH_PREFIX\x10\x01\x12(\n" +
+	"$STRING_MATCH_TYPE_REGULAR_EXPRESSION\x10\x02B.Z,github.com/warren-mesh/warren/api/nodeconfigb\x06proto3"
 
 var (
 	file_nodeconfig_proto_rawDescOnce sync.Once
@@ -1366,52 +2636,92 @@ func file_nodeconfig_proto_rawDescGZIP() []byte {
 	return file_nodeconfig_proto_rawDescData
 }
 
-var file_nodeconfig_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_nodeconfig_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_nodeconfig_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
+var file_nodeconfig_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_nodeconfig_proto_goTypes = []any{
-	(DefaultPolicy)(0),     // 0: warren.nodeconfig.v1.DefaultPolicy
-	(TunnelProtocol)(0),    // 1: warren.nodeconfig.v1.TunnelProtocol
-	(AppProtocol)(0),       // 2: warren.nodeconfig.v1.AppProtocol
-	(TargetKind)(0),        // 3: warren.nodeconfig.v1.TargetKind
-	(*Snapshot)(nil),       // 4: warren.nodeconfig.v1.Snapshot
-	(*MeshDefaults)(nil),   // 5: warren.nodeconfig.v1.MeshDefaults
-	(*Workload)(nil),       // 6: warren.nodeconfig.v1.Workload
-	(*WorkloadPort)(nil),   // 7: warren.nodeconfig.v1.WorkloadPort
-	(*GatewayAddress)(nil), // 8: warren.nodeconfig.v1.GatewayAddress
-	(*Service)(nil),        // 9: warren.nodeconfig.v1.Service
-	(*ServicePort)(nil),    // 10: warren.nodeconfig.v1.ServicePort
-	(*Endpoint)(nil),       // 11: warren.nodeconfig.v1.Endpoint
-	(*Server)(nil),         // 12: warren.nodeconfig.v1.Server
-	(*Authorization)(nil),  // 13: warren.nodeconfig.v1.Authorization
-	(*MeshTLS)(nil),        // 14: warren.nodeconfig.v1.MeshTLS
-	(*Network)(nil),        // 15: warren.nodeconfig.v1.Network
+	(DefaultPolicy)(0),      // 0: warren.nodeconfig.v1.DefaultPolicy
+	(TunnelProtocol)(0),     // 1: warren.nodeconfig.v1.TunnelProtocol
+	(AppProtocol)(0),        // 2: warren.nodeconfig.v1.AppProtocol
+	(TargetKind)(0),         // 3: warren.nodeconfig.v1.TargetKind
+	(RouteKind)(0),          // 4: warren.nodeconfig.v1.RouteKind
+	(StringMatchType)(0),    // 5: warren.nodeconfig.v1.StringMatchType
+	(*Snapshot)(nil),        // 6: warren.nodeconfig.v1.Snapshot
+	(*MeshDefaults)(nil),    // 7: warren.nodeconfig.v1.MeshDefaults
+	(*Workload)(nil),        // 8: warren.nodeconfig.v1.Workload
+	(*WorkloadPort)(nil),    // 9: warren.nodeconfig.v1.WorkloadPort
+	(*GatewayAddress)(nil),  // 10: warren.nodeconfig.v1.GatewayAddress
+	(*Service)(nil),         // 11: warren.nodeconfig.v1.Service
+	(*ServicePort)(nil),     // 12: warren.nodeconfig.v1.ServicePort
+	(*Endpoint)(nil),        // 13: warren.nodeconfig.v1.Endpoint
+	(*Server)(nil),          // 14: warren.nodeconfig.v1.Server
+	(*Authorization)(nil),   // 15: warren.nodeconfig.v1.Authorization
+	(*MeshTLS)(nil),         // 16: warren.nodeconfig.v1.MeshTLS
+	(*Network)(nil),         // 17: warren.nodeconfig.v1.Network
+	(*Route)(nil),           // 18: warren.nodeconfig.v1.Route
+	(*RouteParent)(nil),     // 19: warren.nodeconfig.v1.RouteParent
+	(*RouteRule)(nil),       // 20: warren.nodeconfig.v1.RouteRule
+	(*RouteMatch)(nil),      // 21: warren.nodeconfig.v1.RouteMatch
+	(*StringMatch)(nil),     // 22: warren.nodeconfig.v1.StringMatch
+	(*NamedMatch)(nil),      // 23: warren.nodeconfig.v1.NamedMatch
+	(*RouteFilter)(nil),     // 24: warren.nodeconfig.v1.RouteFilter
+	(*HeaderModifier)(nil),  // 25: warren.nodeconfig.v1.HeaderModifier
+	(*Header)(nil),          // 26: warren.nodeconfig.v1.Header
+	(*PathModifier)(nil),    // 27: warren.nodeconfig.v1.PathModifier
+	(*RequestRedirect)(nil), // 28: warren.nodeconfig.v1.RequestRedirect
+	(*URLRewrite)(nil),      // 29: warren.nodeconfig.v1.URLRewrite
+	(*RouteBackend)(nil),    // 30: warren.nodeconfig.v1.RouteBackend
+	(*RouteRetry)(nil),      // 31: warren.nodeconfig.v1.RouteRetry
 }
 var file_nodeconfig_proto_depIdxs = []int32{
-	6,  // 0: warren.nodeconfig.v1.Snapshot.workloads:type_name -> warren.nodeconfig.v1.Workload
-	9,  // 1: warren.nodeconfig.v1.Snapshot.services:type_name -> warren.nodeconfig.v1.Service
-	12, // 2: warren.nodeconfig.v1.Snapshot.servers:type_name -> warren.nodeconfig.v1.Server
-	5,  // 3: warren.nodeconfig.v1.Snapshot.defaults:type_name -> warren.nodeconfig.v1.MeshDefaults
-	0,  // 4: warren.nodeconfig.v1.MeshDefaults.default_inbound_policy:type_name -> warren.nodeconfig.v1.DefaultPolicy
-	7,  // 5: warren.nodeconfig.v1.Workload.ports:type_name -> warren.nodeconfig.v1.WorkloadPort
-	1,  // 6: warren.nodeconfig.v1.Workload.tunnel_protocol:type_name -> warren.nodeconfig.v1.TunnelProtocol
-	8,  // 7: warren.nodeconfig.v1.Workload.waypoint:type_name -> warren.nodeconfig.v1.GatewayAddress
-	0,  // 8: warren.nodeconfig.v1.Workload.default_inbound_policy:type_name -> warren.nodeconfig.v1.DefaultPolicy
-	2,  // 9: warren.nodeconfig.v1.WorkloadPort.app_protocol:type_name -> warren.nodeconfig.v1.AppProtocol
-	10, // 10: warren.nodeconfig.v1.Service.ports:type_name -> warren.nodeconfig.v1.ServicePort
-	11, // 11: warren.nodeconfig.v1.Service.endpoints:type_name -> warren.nodeconfig.v1.Endpoint
-	8,  // 12: warren.nodeconfig.v1.Service.waypoint:type_name -> warren.nodeconfig.v1.GatewayAddress
-	2,  // 13: warren.nodeconfig.v1.ServicePort.app_protocol:type_name -> warren.nodeconfig.v1.AppProtocol
-	2,  // 14: warren.nodeconfig.v1.Server.proxy_protocol:type_name -> warren.nodeconfig.v1.AppProtocol
-	0,  // 15: warren.nodeconfig.v1.Server.access_policy:type_name -> warren.nodeconfig.v1.DefaultPolicy
-	13, // 16: warren.nodeconfig.v1.Server.authorizations:type_name -> warren.nodeconfig.v1.Authorization
-	3,  // 17: warren.nodeconfig.v1.Authorization.target_kind:type_name -> warren.nodeconfig.v1.TargetKind
-	14, // 18: warren.nodeconfig.v1.Authorization.mesh_tls:type_name -> warren.nodeconfig.v1.MeshTLS
-	15, // 19: warren.nodeconfig.v1.Authorization.networks:type_name -> warren.nodeconfig.v1.Network
-	20, // [20:20] is the sub-list for method output_type
-	20, // [20:20] is the sub-list for method input_type
-	20, // [20:20] is the sub-list for extension type_name
-	20, // [20:20] is the sub-list for extension extendee
-	0,  // [0:20] is the sub-list for field type_name
+	8,  // 0: warren.nodeconfig.v1.Snapshot.workloads:type_name -> warren.nodeconfig.v1.Workload
+	11, // 1: warren.nodeconfig.v1.Snapshot.services:type_name -> warren.nodeconfig.v1.Service
+	14, // 2: warren.nodeconfig.v1.Snapshot.servers:type_name -> warren.nodeconfig.v1.Server
+	7,  // 3: warren.nodeconfig.v1.Snapshot.defaults:type_name -> warren.nodeconfig.v1.MeshDefaults
+	18, // 4: warren.nodeconfig.v1.Snapshot.routes:type_name -> warren.nodeconfig.v1.Route
+	0,  // 5: warren.nodeconfig.v1.MeshDefaults.default_inbound_policy:type_name -> warren.nodeconfig.v1.DefaultPolicy
+	9,  // 6: warren.nodeconfig.v1.Workload.ports:type_name -> warren.nodeconfig.v1.WorkloadPort
+	1,  // 7: warren.nodeconfig.v1.Workload.tunnel_protocol:type_name -> warren.nodeconfig.v1.TunnelProtocol
+	10, // 8: warren.nodeconfig.v1.Workload.waypoint:type_name -> warren.nodeconfig.v1.GatewayAddress
+	0,  // 9: warren.nodeconfig.v1.Workload.default_inbound_policy:type_name -> warren.nodeconfig.v1.DefaultPolicy
+	2,  // 10: warren.nodeconfig.v1.WorkloadPort.app_protocol:type_name -> warren.nodeconfig.v1.AppProtocol
+	12, // 11: warren.nodeconfig.v1.Service.ports:type_name -> warren.nodeconfig.v1.ServicePort
+	13, // 12: warren.nodeconfig.v1.Service.endpoints:type_name -> warren.nodeconfig.v1.Endpoint
+	10, // 13: warren.nodeconfig.v1.Service.waypoint:type_name -> warren.nodeconfig.v1.GatewayAddress
+	2,  // 14: warren.nodeconfig.v1.ServicePort.app_protocol:type_name -> warren.nodeconfig.v1.AppProtocol
+	2,  // 15: warren.nodeconfig.v1.Server.proxy_protocol:type_name -> warren.nodeconfig.v1.AppProtocol
+	0,  // 16: warren.nodeconfig.v1.Server.access_policy:type_name -> warren.nodeconfig.v1.DefaultPolicy
+	15, // 17: warren.nodeconfig.v1.Server.authorizations:type_name -> warren.nodeconfig.v1.Authorization
+	3,  // 18: warren.nodeconfig.v1.Authorization.target_kind:type_name -> warren.nodeconfig.v1.TargetKind
+	16, // 19: warren.nodeconfig.v1.Authorization.mesh_tls:type_name -> warren.nodeconfig.v1.MeshTLS
+	17, // 20: warren.nodeconfig.v1.Authorization.networks:type_name -> warren.nodeconfig.v1.Network
+	4,  // 21: warren.nodeconfig.v1.Route.kind:type_name -> warren.nodeconfig.v1.RouteKind
+	19, // 22: warren.nodeconfig.v1.Route.parents:type_name -> warren.nodeconfig.v1.RouteParent
+	20, // 23: warren.nodeconfig.v1.Route.rules:type_name -> warren.nodeconfig.v1.RouteRule
+	21, // 24: warren.nodeconfig.v1.RouteRule.matches:type_name -> warren.nodeconfig.v1.RouteMatch
+	24, // 25: warren.nodeconfig.v1.RouteRule.filters:type_name -> warren.nodeconfig.v1.RouteFilter
+	30, // 26: warren.nodeconfig.v1.RouteRule.backends:type_name -> warren.nodeconfig.v1.RouteBackend
+	31, // 27: warren.nodeconfig.v1.RouteRule.retry:type_name -> warren.nodeconfig.v1.RouteRetry
+	22, // 28: warren.nodeconfig.v1.RouteMatch.path:type_name -> warren.nodeconfig.v1.StringMatch
+	23, // 29: warren.nodeconfig.v1.RouteMatch.headers:type_name -> warren.nodeconfig.v1.NamedMatch
+	23, // 30: warren.nodeconfig.v1.RouteMatch.query_params:type_name -> warren.nodeconfig.v1.NamedMatch
+	22, // 31: warren.nodeconfig.v1.RouteMatch.grpc_service:type_name -> warren.nodeconfig.v1.StringMatch
+	22, // 32: warren.nodeconfig.v1.RouteMatch.grpc_method:type_name -> warren.nodeconfig.v1.StringMatch
+	5,  // 33: warren.nodeconfig.v1.StringMatch.type:type_name -> warren.nodeconfig.v1.StringMatchType
+	5,  // 34: warren.nodeconfig.v1.NamedMatch.type:type_name -> warren.nodeconfig.v1.StringMatchType
+	25, // 35: warren.nodeconfig.v1.RouteFilter.request_header_modifier:type_name -> warren.nodeconfig.v1.HeaderModifier
+	25, // 36: warren.nodeconfig.v1.RouteFilter.response_header_modifier:type_name -> warren.nodeconfig.v1.HeaderModifier
+	28, // 37: warren.nodeconfig.v1.RouteFilter.request_redirect:type_name -> warren.nodeconfig.v1.RequestRedirect
+	29, // 38: warren.nodeconfig.v1.RouteFilter.url_rewrite:type_name -> warren.nodeconfig.v1.URLRewrite
+	26, // 39: warren.nodeconfig.v1.HeaderModifier.set:type_name -> warren.nodeconfig.v1.Header
+	26, // 40: warren.nodeconfig.v1.HeaderModifier.add:type_name -> warren.nodeconfig.v1.Header
+	27, // 41: warren.nodeconfig.v1.RequestRedirect.path:type_name -> warren.nodeconfig.v1.PathModifier
+	27, // 42: warren.nodeconfig.v1.URLRewrite.path:type_name -> warren.nodeconfig.v1.PathModifier
+	24, // 43: warren.nodeconfig.v1.RouteBackend.filters:type_name -> warren.nodeconfig.v1.RouteFilter
+	44, // [44:44] is the sub-list for method output_type
+	44, // [44:44] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_nodeconfig_proto_init() }
@@ -1423,13 +2733,27 @@ func file_nodeconfig_proto_init() {
 		(*Server_PortNumber)(nil),
 		(*Server_PortName)(nil),
 	}
+	file_nodeconfig_proto_msgTypes[13].OneofWrappers = []any{
+		(*RouteParent_Service)(nil),
+		(*RouteParent_Server)(nil),
+	}
+	file_nodeconfig_proto_msgTypes[18].OneofWrappers = []any{
+		(*RouteFilter_RequestHeaderModifier)(nil),
+		(*RouteFilter_ResponseHeaderModifier)(nil),
+		(*RouteFilter_RequestRedirect)(nil),
+		(*RouteFilter_UrlRewrite)(nil),
+	}
+	file_nodeconfig_proto_msgTypes[21].OneofWrappers = []any{
+		(*PathModifier_ReplaceFullPath)(nil),
+		(*PathModifier_ReplacePrefixMatch)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nodeconfig_proto_rawDesc), len(file_nodeconfig_proto_rawDesc)),
-			NumEnums:      4,
-			NumMessages:   12,
+			NumEnums:      6,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

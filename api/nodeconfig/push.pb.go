@@ -202,6 +202,7 @@ type Resource struct {
 	//	*Resource_Service
 	//	*Resource_Server
 	//	*Resource_Mesh
+	//	*Resource_Route
 	Kind          isResource_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -294,6 +295,15 @@ func (x *Resource) GetMesh() *MeshConfig {
 	return nil
 }
 
+func (x *Resource) GetRoute() *Route {
+	if x != nil {
+		if x, ok := x.Kind.(*Resource_Route); ok {
+			return x.Route
+		}
+	}
+	return nil
+}
+
 type isResource_Kind interface {
 	isResource_Kind()
 }
@@ -314,6 +324,10 @@ type Resource_Mesh struct {
 	Mesh *MeshConfig `protobuf:"bytes,6,opt,name=mesh,proto3,oneof"`
 }
 
+type Resource_Route struct {
+	Route *Route `protobuf:"bytes,7,opt,name=route,proto3,oneof"`
+}
+
 func (*Resource_Workload) isResource_Kind() {}
 
 func (*Resource_Service) isResource_Kind() {}
@@ -321,6 +335,8 @@ func (*Resource_Service) isResource_Kind() {}
 func (*Resource_Server) isResource_Kind() {}
 
 func (*Resource_Mesh) isResource_Kind() {}
+
+func (*Resource_Route) isResource_Kind() {}
 
 // MeshConfig carries the mesh-wide settings.
 type MeshConfig struct {
@@ -404,14 +420,15 @@ const file_push_proto_rawDesc = "" +
 	"\x0esystem_version\x18\x01 \x01(\tR\rsystemVersion\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12<\n" +
 	"\tresources\x18\x03 \x03(\v2\x1e.warren.nodeconfig.v1.ResourceR\tresources\x12+\n" +
-	"\x11removed_resources\x18\x04 \x03(\tR\x10removedResources\"\xa9\x02\n" +
+	"\x11removed_resources\x18\x04 \x03(\tR\x10removedResources\"\xde\x02\n" +
 	"\bResource\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12<\n" +
 	"\bworkload\x18\x03 \x01(\v2\x1e.warren.nodeconfig.v1.WorkloadH\x00R\bworkload\x129\n" +
 	"\aservice\x18\x04 \x01(\v2\x1d.warren.nodeconfig.v1.ServiceH\x00R\aservice\x126\n" +
 	"\x06server\x18\x05 \x01(\v2\x1c.warren.nodeconfig.v1.ServerH\x00R\x06server\x126\n" +
-	"\x04mesh\x18\x06 \x01(\v2 .warren.nodeconfig.v1.MeshConfigH\x00R\x04meshB\x06\n" +
+	"\x04mesh\x18\x06 \x01(\v2 .warren.nodeconfig.v1.MeshConfigH\x00R\x04mesh\x123\n" +
+	"\x05route\x18\a \x01(\v2\x1b.warren.nodeconfig.v1.RouteH\x00R\x05routeB\x06\n" +
 	"\x04kind\"\x92\x01\n" +
 	"\n" +
 	"MeshConfig\x12!\n" +
@@ -444,7 +461,8 @@ var file_push_proto_goTypes = []any{
 	(*Workload)(nil),     // 5: warren.nodeconfig.v1.Workload
 	(*Service)(nil),      // 6: warren.nodeconfig.v1.Service
 	(*Server)(nil),       // 7: warren.nodeconfig.v1.Server
-	(*MeshDefaults)(nil), // 8: warren.nodeconfig.v1.MeshDefaults
+	(*Route)(nil),        // 8: warren.nodeconfig.v1.Route
+	(*MeshDefaults)(nil), // 9: warren.nodeconfig.v1.MeshDefaults
 }
 var file_push_proto_depIdxs = []int32{
 	4, // 0: warren.nodeconfig.v1.PushRequest.initial_resource_versions:type_name -> warren.nodeconfig.v1.PushRequest.InitialResourceVersionsEntry
@@ -453,14 +471,15 @@ var file_push_proto_depIdxs = []int32{
 	6, // 3: warren.nodeconfig.v1.Resource.service:type_name -> warren.nodeconfig.v1.Service
 	7, // 4: warren.nodeconfig.v1.Resource.server:type_name -> warren.nodeconfig.v1.Server
 	3, // 5: warren.nodeconfig.v1.Resource.mesh:type_name -> warren.nodeconfig.v1.MeshConfig
-	8, // 6: warren.nodeconfig.v1.MeshConfig.defaults:type_name -> warren.nodeconfig.v1.MeshDefaults
-	0, // 7: warren.nodeconfig.v1.ConfigPush.Stream:input_type -> warren.nodeconfig.v1.PushRequest
-	1, // 8: warren.nodeconfig.v1.ConfigPush.Stream:output_type -> warren.nodeconfig.v1.PushResponse
-	8, // [8:9] is the sub-list for method output_type
-	7, // [7:8] is the sub-list for method input_type
-	7, // [7:7] is the sub-list for extension type_name
-	7, // [7:7] is the sub-list for extension extendee
-	0, // [0:7] is the sub-list for field type_name
+	8, // 6: warren.nodeconfig.v1.Resource.route:type_name -> warren.nodeconfig.v1.Route
+	9, // 7: warren.nodeconfig.v1.MeshConfig.defaults:type_name -> warren.nodeconfig.v1.MeshDefaults
+	0, // 8: warren.nodeconfig.v1.ConfigPush.Stream:input_type -> warren.nodeconfig.v1.PushRequest
+	1, // 9: warren.nodeconfig.v1.ConfigPush.Stream:output_type -> warren.nodeconfig.v1.PushResponse
+	9, // [9:10] is the sub-list for method output_type
+	8, // [8:9] is the sub-list for method input_type
+	8, // [8:8] is the sub-list for extension type_name
+	8, // [8:8] is the sub-list for extension extendee
+	0, // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_push_proto_init() }
@@ -474,6 +493,7 @@ func file_push_proto_init() {
 		(*Resource_Service)(nil),
 		(*Resource_Server)(nil),
 		(*Resource_Mesh)(nil),
+		(*Resource_Route)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
