@@ -11,7 +11,9 @@
 //   - A port no Server covers is decided by the workload's default inbound policy, else the mesh
 //     default (all-unauthenticated unless set).
 //   - Authorizations targeting an HTTPRoute or GRPCRoute are enforced by waypoints and never allow
-//     anything here.
+//     anything in [Engine.Evaluate]. A waypoint calls [Engine.EvaluateRoute] with the route a
+//     request matched: authorizations targeting that route count too, those targeting other
+//     routes still never allow.
 //   - A kubelet probe (see [Source.Probe]) to one of the workload's probe ports is always allowed.
 //
 // The package is pure: no I/O, no logging, no clocks, no globals that change. It is used by the
@@ -178,17 +180,32 @@ func (e *Engine) Version() string { return e.version }
 // cannot interpret fails closed: a nil dst, a Server key it does not know (the Server might
 // cover the port) or an unknown default policy deny the connection and the Reason says why.
 func (e *Engine) Evaluate(dst *nodeconfig.Workload, port uint16, src Source) Decision {
-	return e.decide(dst, port, src, false)
+	return e.decide(dst, port, src, Route{}, false)
+}
+
+// Route names the HTTPRoute or GRPCRoute a request matched at a waypoint.
+type Route struct {
+	Kind            nodeconfig.RouteKind
+	Namespace, Name string
+}
+
+// EvaluateRoute is [Engine.Evaluate] for a request that matched route at a waypoint: the
+// Server's authorizations targeting the Server or its Namespace count, and so do those targeting
+// route (same kind, name and namespace); authorizations targeting other routes never allow. When
+// none allows, the Server's access policy (or, with no Server, the default policy) decides. The
+// zero Route makes it Evaluate.
+func (e *Engine) EvaluateRoute(dst *nodeconfig.Workload, port uint16, src Source, route Route) Decision {
+	return e.decide(dst, port, src, route, false)
 }
 
 // Explain is [Engine.Evaluate] plus Checks: every authorization of the covering Server with its
 // outcome. Allow, Audit, Policy, Server and Reason are always those Evaluate returns.
 func (e *Engine) Explain(dst *nodeconfig.Workload, port uint16, src Source) Decision {
-	return e.decide(dst, port, src, true)
+	return e.decide(dst, port, src, Route{}, true)
 }
 
 // decide is the single implementation of Evaluate and Explain; explain only adds Checks.
-func (e *Engine) decide(dst *nodeconfig.Workload, port uint16, src Source, explain bool) Decision {
+func (e *Engine) decide(dst *nodeconfig.Workload, port uint16, src Source, route Route, explain bool) Decision {
 	if dst == nil {
 		return Decision{
 			Policy: PolicyRef{Kind: KindDefault, Default: nodeconfig.PolicyDeny},
@@ -212,7 +229,7 @@ func (e *Engine) decide(dst *nodeconfig.Workload, port uint16, src Source, expla
 
 	var d Decision
 	if srv != nil {
-		d = e.decideServer(srv, src, addr, explain)
+		d = e.decideServer(srv, src, addr, route, explain)
 	} else {
 		d = e.decideDefault(dst, src, addr)
 	}
@@ -273,7 +290,7 @@ func (s *server) covers(dst *nodeconfig.Workload, port uint16) bool {
 	return false
 }
 
-func (e *Engine) decideServer(s *server, src Source, addr netip.Addr, explain bool) Decision {
+func (e *Engine) decideServer(s *server, src Source, addr netip.Addr, route Route, explain bool) Decision {
 	var (
 		matched    *authorization
 		first      *authorization // first authorization that failed
@@ -287,7 +304,7 @@ func (e *Engine) decideServer(s *server, src Source, addr netip.Addr, explain bo
 		checks = make([]Check, 0, len(s.authzs))
 	}
 	for _, a := range s.authzs {
-		if a.route {
+		if a.route && !a.targets(route) {
 			if explain {
 				checks = append(checks, Check{
 					Authorization: a.ref,
@@ -387,6 +404,11 @@ func (e *Engine) decideDefault(dst *nodeconfig.Workload, src Source, addr netip.
 		d.Reason += ": " + why
 	}
 	return d
+}
+
+// targets reports whether a, a route authorization, targets route.
+func (a *authorization) targets(route Route) bool {
+	return route.Name != "" && a.routeName == route.Name && a.routeKind == route.Kind && a.ref.Namespace == route.Namespace
 }
 
 // miss says why a requirement did not match.

@@ -48,6 +48,9 @@ type authorization struct {
 	ref    PolicyRef
 	target string // "Server/b", "Namespace/default", "HTTPRoute/r", "GRPCRoute/r"
 	route  bool   // enforced by waypoints, never at L4
+	// routeKind and routeName name the targeted route (namespace: ref.Namespace) when route.
+	routeKind nodeconfig.RouteKind
+	routeName string
 
 	meshTLS     bool     // the requirement is present
 	anyIdentity bool     // "*"
@@ -207,11 +210,14 @@ func compileAuthorization(srv *server, a *nodeconfig.Authorization) (*authorizat
 			return nil, errors.New("route target without a route name")
 		}
 		kind := "HTTPRoute/"
+		ca.routeKind = nodeconfig.RouteKind_ROUTE_KIND_HTTP
 		if k == nodeconfig.TargetKind_TARGET_KIND_GRPC_ROUTE {
 			kind = "GRPCRoute/"
+			ca.routeKind = nodeconfig.RouteKind_ROUTE_KIND_GRPC
 		}
 		ca.target = kind + a.GetRoute()
 		ca.route = true
+		ca.routeName = a.GetRoute()
 	default:
 		return nil, fmt.Errorf("unsupported target kind %s", k)
 	}
