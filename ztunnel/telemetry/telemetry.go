@@ -1,6 +1,8 @@
 // Package telemetry is the ztunnel's observability: one access-log line per proxied connection
-// at close, one security-event line per deny, audit hit or revocation, and the Prometheus metrics
-// behind them. Loggers and the metrics registry are injected; nothing is global.
+// at close, one security-event line per deny, audit hit or revocation, the Prometheus metrics
+// behind them, and a bounded in-memory history of recent security events and closed connections
+// for the admin endpoint (kubectl warren authz, ztunnel-config connections). Loggers and the
+// metrics registry are injected; nothing is global.
 //
 // Labels are bounded: direction, mode, decision, policy kind and the deciding policy's name (one
 // per policy object). Addresses and identities go to log lines only, never to labels.
@@ -43,6 +45,9 @@ type Telemetry struct {
 	access   *slog.Logger
 	security *slog.Logger
 	m        metrics
+	now      func() time.Time
+	events   *ring[EventRecord]
+	conns    *ring[recentConn]
 }
 
 type metrics struct {
@@ -62,12 +67,30 @@ type Config struct {
 	SecurityLog *slog.Logger
 	// Registerer gets the metrics; required.
 	Registerer prometheus.Registerer
+	// RecentEvents and RecentConnections bound the in-memory history of security events and
+	// closed connections; zero means DefaultRecentEvents and DefaultRecentConnections, negative
+	// is an error.
+	RecentEvents, RecentConnections int
+	// Now stamps the history; nil means time.Now.
+	Now func() time.Time
 }
 
 // New registers the metrics and returns a Telemetry.
 func New(cfg Config) (*Telemetry, error) {
 	if cfg.SecurityLog == nil || cfg.Registerer == nil {
 		return nil, fmt.Errorf("new telemetry: a security logger and a metrics registerer are required")
+	}
+	if cfg.RecentEvents < 0 || cfg.RecentConnections < 0 {
+		return nil, fmt.Errorf("new telemetry: history sizes must not be negative (events %d, connections %d)", cfg.RecentEvents, cfg.RecentConnections)
+	}
+	if cfg.RecentEvents == 0 {
+		cfg.RecentEvents = DefaultRecentEvents
+	}
+	if cfg.RecentConnections == 0 {
+		cfg.RecentConnections = DefaultRecentConnections
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	m := metrics{
 		opened: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -101,7 +124,10 @@ func New(cfg Config) (*Telemetry, error) {
 			return nil, fmt.Errorf("new telemetry: register metrics: %w", err)
 		}
 	}
-	return &Telemetry{access: cfg.AccessLog, security: cfg.SecurityLog, m: m}, nil
+	return &Telemetry{
+		access: cfg.AccessLog, security: cfg.SecurityLog, m: m, now: cfg.Now,
+		events: newRing[EventRecord](cfg.RecentEvents), conns: newRing[recentConn](cfg.RecentConnections),
+	}, nil
 }
 
 // Opened counts a new proxied connection.
@@ -138,6 +164,7 @@ func (t *Telemetry) Closed(c Connection) {
 	t.m.bytes.WithLabelValues(d, m, "upstream").Add(float64(c.Upstream))
 	t.m.bytes.WithLabelValues(d, m, "downstream").Add(float64(c.Downstream))
 	t.m.duration.WithLabelValues(d, m).Observe(c.Duration.Seconds())
+	t.conns.add(recentConn{c: c, closed: t.now()})
 	if t.access == nil {
 		return
 	}
@@ -206,6 +233,11 @@ func (t *Telemetry) SecurityEvent(e Event) {
 	default:
 		t.m.authz.WithLabelValues(string(e.Type), e.PolicyKind, e.Policy).Inc()
 	}
+	t.events.add(EventRecord{
+		Time: t.now(), Type: e.Type, Src: addrString(e.Src), SrcIdentity: e.SrcIdentity,
+		DstWorkload: e.DstWorkload, Dst: addrString(e.Dst), PolicyKind: e.PolicyKind, Policy: e.Policy,
+		Server: e.Server, Reason: e.Reason,
+	})
 	level := slog.LevelWarn
 	if e.Type == Audit {
 		level = slog.LevelInfo
