@@ -2,6 +2,7 @@ package translate_test
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -12,7 +13,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/google/go-cmp/cmp"
+	gocmp "github.com/google/go-cmp/cmp"
 	"google.golang.org/protobuf/encoding/protojson"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -65,7 +66,7 @@ func TestGolden(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%v (run go test ./controller/translate -update to create it)", err)
 			}
-			if diff := cmp.Diff(string(want), string(got)); diff != "" {
+			if diff := gocmp.Diff(string(want), string(got)); diff != "" {
 				t.Errorf("Translate(%s) differs from %s (-want +got; run with -update if intended):\n%s", file, golden, diff)
 			}
 		})
@@ -122,6 +123,22 @@ func render(tb testing.TB, out *translate.Output) []byte {
 		b.Write(ind.Bytes())
 		b.WriteString("\n")
 	}
+	if len(out.Mesh.GetRoutes()) > 0 {
+		// Routes go to waypoints only, which receive the whole mesh.
+		b.WriteString("\n== routes (waypoints)\n")
+		for _, r := range out.Mesh.GetRoutes() {
+			js, err := protojson.Marshal(r)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			var ind bytes.Buffer
+			if err := json.Indent(&ind, js, "", "  "); err != nil {
+				tb.Fatal(err)
+			}
+			b.Write(ind.Bytes())
+			b.WriteString("\n")
+		}
+	}
 	b.WriteString("\n== status\n")
 	refs := make([]translate.ObjectRef, 0, len(out.Status))
 	for r := range out.Status {
@@ -134,11 +151,50 @@ func render(tb testing.TB, out *translate.Output) []byte {
 			fmt.Fprintf(&b, "  %s=%s (%s, generation %d): %s\n", c.Type, c.Status, c.Reason, c.ObservedGeneration, c.Message)
 		}
 	}
+	if len(out.RouteStatus) > 0 {
+		b.WriteString("\n== route status\n")
+		rrefs := make([]translate.ObjectRef, 0, len(out.RouteStatus))
+		for r := range out.RouteStatus {
+			rrefs = append(rrefs, r)
+		}
+		slices.SortFunc(rrefs, func(a, b translate.ObjectRef) int { return strings.Compare(a.String(), b.String()) })
+		for _, r := range rrefs {
+			b.WriteString(r.String() + "\n")
+			for _, ps := range out.RouteStatus[r] {
+				fmt.Fprintf(&b, "  parent %s (%s)\n", parentString(ps.ParentRef), ps.ControllerName)
+				for _, c := range ps.Conditions {
+					fmt.Fprintf(&b, "    %s=%s (%s, generation %d): %s\n", c.Type, c.Status, c.Reason, c.ObservedGeneration, c.Message)
+				}
+			}
+		}
+	}
 	b.WriteString("\n== warnings\n")
 	for _, w := range out.Warnings {
 		b.WriteString(w + "\n")
 	}
 	return b.Bytes()
+}
+
+// parentString prints a parentRef as group/kind namespace/name, with its sectionName and port.
+func parentString(p gatewayv1.ParentReference) string {
+	g, k, ns := "gateway.networking.k8s.io", "Gateway", ""
+	if p.Group != nil {
+		g = cmp.Or(string(*p.Group), "core")
+	}
+	if p.Kind != nil {
+		k = string(*p.Kind)
+	}
+	if p.Namespace != nil {
+		ns = string(*p.Namespace) + "/"
+	}
+	s := fmt.Sprintf("%s/%s %s%s", g, k, ns, p.Name)
+	if p.SectionName != nil {
+		s += " section " + string(*p.SectionName)
+	}
+	if p.Port != nil {
+		s += fmt.Sprintf(" port %d", *p.Port)
+	}
+	return s
 }
 
 var docSeparator = regexp.MustCompile(`(?m)^---[ \t]*$`)
@@ -239,6 +295,11 @@ func decodeInput(tb testing.TB, data []byte) *translate.Input {
 			strict(&o)
 			defaultNamespace(&o.ObjectMeta)
 			in.Gateways = append(in.Gateways, o)
+		case "ReferenceGrant":
+			var o gatewayv1.ReferenceGrant
+			strict(&o)
+			defaultNamespace(&o.ObjectMeta)
+			in.ReferenceGrants = append(in.ReferenceGrants, o)
 		default:
 			tb.Fatalf("document %d: unsupported kind %q", i, tm.Kind)
 		}

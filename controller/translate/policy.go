@@ -399,6 +399,9 @@ type policyTarget struct {
 	route   string
 	servers []*compiledServer
 	desc    string // for the Accepted message
+	// unenforced: a route target none of whose pods has a waypoint, so the policy allows
+	// nothing anywhere (route rules are enforced only by waypoints).
+	unenforced bool
 }
 
 func (t *translator) translateAuthorizations() {
@@ -466,7 +469,7 @@ func (t *translator) translateAuthorizations() {
 				break
 			}
 			tgt.servers = t.routeServers(ap.Namespace, parents)
-			tgt.desc = t.routeDesc(tr.Kind, key, tgt.servers)
+			tgt.desc, tgt.unenforced = t.routeDesc(tr.Kind, key, tgt.servers)
 		default:
 			invalid = append(invalid, fmt.Sprintf("targetRef %s %q in group %q is not supported: want Server (policy.warren.dev), HTTPRoute or GRPCRoute (gateway.networking.k8s.io), or Namespace (core group)", tr.Kind, tr.Name, tr.Group))
 		}
@@ -538,6 +541,10 @@ func (t *translator) translateAuthorizations() {
 				cs.msg.Authorizations = append(cs.msg.Authorizations, a)
 			}
 			accepted = condTrue(policyv1alpha1.ReasonAccepted, "applies to "+tgt.desc)
+			if tgt.unenforced {
+				// Fail closed, and say so: no ztunnel applies a route rule.
+				accepted = condFalse(ReasonNoWaypoint, "targets "+tgt.desc)
+			}
 		}
 		if len(unresolved) > 0 {
 			resolved = condFalse(unresolvedReason, strings.Join(unresolved, "; "))
@@ -578,10 +585,11 @@ func (t *translator) routeServers(ns string, parents []gatewayv1.ParentReference
 }
 
 // routeDesc describes a route target for the Accepted message, saying where it cannot take
-// effect: route rules are enforced only by waypoints.
-func (t *translator) routeDesc(kind string, key nsName, servers []*compiledServer) string {
+// effect: route rules are enforced only by waypoints. unenforced is set when the Servers select
+// pods and none of them has a waypoint.
+func (t *translator) routeDesc(kind string, key nsName, servers []*compiledServer) (desc string, unenforced bool) {
 	if len(servers) == 0 {
-		return fmt.Sprintf("%s %s, which has no accepted Server among its parentRefs, so nothing", kind, key)
+		return fmt.Sprintf("%s %s, which has no accepted Server among its parentRefs (route-level policies apply through Server parents), so nothing", kind, key), false
 	}
 	names := make([]string, len(servers))
 	pods, noWaypoint := 0, 0
@@ -594,9 +602,13 @@ func (t *translator) routeDesc(kind string, key nsName, servers []*compiledServe
 			}
 		}
 	}
-	desc := fmt.Sprintf("%s %s through Servers %s; enforced by waypoints", kind, key, strings.Join(names, ", "))
-	if noWaypoint > 0 {
+	desc = fmt.Sprintf("%s %s through Servers %s; enforced by waypoints", kind, key, strings.Join(names, ", "))
+	switch {
+	case pods > 0 && noWaypoint == pods:
+		return fmt.Sprintf("%s %s through Servers %s, but none of their %s has a waypoint: route rules are enforced only by waypoints, so this policy allows nothing (fails closed) until one is bound with label %s",
+			kind, key, strings.Join(names, ", "), plural(pods, "pod", "pods"), LabelUseWaypoint), true
+	case noWaypoint > 0:
 		desc += fmt.Sprintf("; %d of their %d pods have no waypoint, and there it allows nothing (bind one with label %s)", noWaypoint, pods, LabelUseWaypoint)
 	}
-	return desc
+	return desc, false
 }

@@ -83,6 +83,7 @@ func (t *translator) finish() *Output {
 	slices.SortFunc(mesh.Servers, func(a, b *nodeconfig.Server) int {
 		return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
 	})
+	mesh.Routes = t.routes
 	mesh.Version = version(mesh)
 
 	warnings := make([]string, 0, len(t.warnings))
@@ -90,7 +91,7 @@ func (t *translator) finish() *Output {
 		warnings = append(warnings, w)
 	}
 	slices.Sort(warnings)
-	return &Output{Mesh: mesh, Status: t.status, Warnings: warnings}
+	return &Output{Mesh: mesh, Status: t.status, RouteStatus: t.routeStatus, Warnings: warnings}
 }
 
 // plural formats n with the singular or plural noun.

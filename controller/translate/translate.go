@@ -1,7 +1,7 @@
 // Package translate computes Warren's node config from cluster state. It turns Namespaces, Pods,
-// Services, EndpointSlices, the policy.warren.dev resources, Gateway API routes and waypoint
-// Gateways into one mesh-wide [nodeconfig.Snapshot] plus the status conditions of every policy
-// resource ([Translate]). controller/push cuts that snapshot down to what each node's ztunnel
+// Services, EndpointSlices, the policy.warren.dev resources, Gateway API routes (compiled into
+// Snapshot.routes for waypoints), ReferenceGrants and waypoint Gateways into one mesh-wide
+// [nodeconfig.Snapshot] plus the status of every policy resource and route ([Translate]). controller/push cuts that snapshot down to what each node's ztunnel
 // needs (push.Relevant).
 //
 // The package is pure and deterministic: no client, no I/O, no clock, no logging. Equal inputs
@@ -101,6 +101,8 @@ type Input struct {
 	HTTPRoutes []gatewayv1.HTTPRoute
 	GRPCRoutes []gatewayv1.GRPCRoute
 	Gateways   []gatewayv1.Gateway
+	// ReferenceGrants allow routes to use backend Services in other namespaces.
+	ReferenceGrants []gatewayv1.ReferenceGrant
 }
 
 // ObjectRef names a policy resource in Output.Status.
@@ -121,6 +123,14 @@ type Output struct {
 	// ResolvedRefs, with ObservedGeneration set and LastTransitionTime zero (the caller sets
 	// it, e.g. with meta.SetStatusCondition, which keeps it while the status is unchanged).
 	Status map[ObjectRef][]metav1.Condition
+	// RouteStatus holds status.parents of every HTTPRoute and GRPCRoute (ObjectRef.Kind
+	// KindHTTPRoute or KindGRPCRoute) with at least one parentRef of Warren's (a core Service or
+	// a policy.warren.dev Server): one entry per such parentRef, in spec order, with
+	// ControllerName, and the conditions Accepted (plus PartiallyInvalid when rules were
+	// dropped, and ConditionWaypointBound when accepted) and ResolvedRefs, ObservedGeneration
+	// set and LastTransitionTime zero. Parents of other kinds (Gateways) are left to their
+	// controllers.
+	RouteStatus map[ObjectRef][]gatewayv1.RouteParentStatus
 	// Warnings are problems with objects that have no status to report them in (pods,
 	// namespaces, services, waypoint bindings), sorted and without duplicates. Each names the
 	// object, e.g. `pod default/a: annotation warren.dev/default-inbound-policy: ...`.
@@ -140,6 +150,7 @@ func Translate(in *Input) *Output {
 	t.translateAuthentications()
 	t.translateServers()
 	t.translateAuthorizations()
+	t.translateRoutes()
 	return t.finish()
 }
 

@@ -39,6 +39,11 @@ type translator struct {
 	meshTLS  map[nsName]*compiledAuthn
 	networks map[nsName]*compiledAuthn
 	servers  map[nsName]*compiledServer
+	// serviceByName indexes services (translateRoutes); routes are the compiled routes and
+	// routeStatus their status.parents.
+	serviceByName map[nsName]*nodeconfig.Service
+	routes        []*nodeconfig.Route
+	routeStatus   map[ObjectRef][]gatewayv1.RouteParentStatus
 	// serversByNS lists the valid Servers of each namespace, sorted by name.
 	serversByNS map[string][]*compiledServer
 }
