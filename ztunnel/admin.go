@@ -20,8 +20,10 @@ import (
 // ConfigDump is what /config_dump serves: the node's config, enrolled workloads and the
 // certificates it holds (public parts only; private keys never leave the identity manager).
 type ConfigDump struct {
-	Node         string                     `json:"node"`
+	Node string `json:"node"`
+	// Version is the config's version; BuildVersion the binary's.
 	Version      string                     `json:"version"`
+	BuildVersion string                     `json:"buildVersion,omitempty"`
 	Config       json.RawMessage            `json:"config,omitempty"`
 	Workloads    []Enrolled                 `json:"workloads"`
 	Certificates []identity.CertificateInfo `json:"certificates"`
@@ -29,7 +31,7 @@ type ConfigDump struct {
 
 // Dump returns the current ConfigDump.
 func (z *Ztunnel) Dump() (ConfigDump, error) {
-	d := ConfigDump{Node: z.cfg.Node, Workloads: z.Workloads(), Certificates: z.cfg.Identities.Certificates()}
+	d := ConfigDump{Node: z.cfg.Node, BuildVersion: z.cfg.BuildVersion, Workloads: z.Workloads(), Certificates: z.cfg.Identities.Certificates()}
 	if v := z.cfg.Store.Load(); v != nil {
 		d.Version = v.Version()
 		raw, err := protojson.Marshal(v.Snapshot())
@@ -62,11 +64,9 @@ func (z *Ztunnel) bindNodePorts() error {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		enc.Encode(d)
+		writeJSON(w, d)
 	})
+	z.registerDebug(admin)
 	// Profiles are for someone on the node (or the bench harness): loopback callers only, never
 	// through the API server's pods/proxy.
 	admin.Handle("/debug/pprof/", localOnly(http.HandlerFunc(pprof.Index)))

@@ -85,6 +85,8 @@ type Config struct {
 	HandshakeTimeout time.Duration
 	// Pool tunes the HBONE pools (Dial is set by the ztunnel).
 	Pool pool.Config
+	// BuildVersion is the binary's version, served by the admin port (/version, /config_dump).
+	BuildVersion string
 }
 
 // Ztunnel is one node's proxy.

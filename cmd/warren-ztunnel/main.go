@@ -30,6 +30,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -257,6 +258,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		EnrollLocal: true,
 		AdminAddr:   o.adminAddr, MetricsAddr: o.metricsAddr, ReadyAddr: o.readyAddr,
 		Registry: reg, Log: log, AccessLog: accessLog, SecurityLog: securityLog,
+		BuildVersion: buildVersion(),
 	}
 	var rd *redirect.Redirector
 	if o.cgroup != "" {
@@ -405,4 +407,28 @@ func parseCA(certPEM, keyPEM []byte) (*x509.Certificate, crypto.Signer, error) {
 		return nil, nil, fmt.Errorf("--ca-key: %T cannot sign", key)
 	}
 	return cert, signer, nil
+}
+
+// version is set at link time (-ldflags "-X main.version=v0.1.0"); buildVersion falls back to the
+// module version and VCS revision Go recorded, then "devel".
+var version string
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "devel"
+	}
+	v := bi.Main.Version
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			v += "+" + s.Value[:12]
+		}
+	}
+	if v == "" || v == "(devel)" {
+		v = "devel"
+	}
+	return v + " " + bi.GoVersion
 }
