@@ -4,7 +4,7 @@
 // config when the controller is gone, reconnecting with jittered exponential backoff and
 // resuming from the versions it holds.
 //
-// cmd/warren-ztunnel imports it (and, later, the waypoint). It depends on the contract and the
+// cmd/warren-ztunnel and cmd/warren-waypoint import it. It depends on the contract and the
 // ztunnel's state package only.
 package configstream
 
@@ -351,6 +351,11 @@ func assemble(version string, res []*nodeconfig.Resource) (*nodeconfig.Snapshot,
 				return nil, fmt.Errorf("apply config: resource %s holds a server", name)
 			}
 			snap.Servers = append(snap.Servers, k.Server)
+		case *nodeconfig.Resource_Route:
+			if kind != "route" {
+				return nil, fmt.Errorf("apply config: resource %s holds a route", name)
+			}
+			snap.Routes = append(snap.Routes, k.Route)
 		case *nodeconfig.Resource_Mesh:
 			if kind != "mesh" {
 				return nil, fmt.Errorf("apply config: resource %s holds mesh settings", name)
