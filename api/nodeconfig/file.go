@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"regexp"
 	"strings"
 
 	"google.golang.org/protobuf/encoding/protojson"
@@ -176,6 +177,7 @@ func Validate(s *Snapshot) error {
 			}
 		}
 	}
+	errs = append(errs, validateRoutes(s, servers, svcs)...)
 	if len(errs) > 0 {
 		return fmt.Errorf("invalid node config: %w", errors.Join(errs...))
 	}
@@ -190,4 +192,112 @@ func validateGateway(g *GatewayAddress) error {
 		return fmt.Errorf("hbone port %d out of range 1-65535", g.GetHbonePort())
 	}
 	return nil
+}
+
+// validateRoutes checks the routes: names unique per kind, parents and backends naming Servers
+// and Services of the snapshot, regular expressions that compile (RE2), and ReplacePrefixMatch
+// only in rules whose every match is a PathPrefix match.
+func validateRoutes(s *Snapshot, servers, services map[string]bool) []error {
+	var errs []error
+	seen := make(map[string]bool, len(s.GetRoutes()))
+	for i, r := range s.GetRoutes() {
+		key := r.GetNamespace() + "/" + r.GetName()
+		if r.GetName() == "" || r.GetNamespace() == "" {
+			errs = append(errs, fmt.Errorf("routes[%d]: name and namespace are required", i))
+			continue
+		}
+		id := r.GetKind().String() + " " + key
+		add := func(format string, args ...any) {
+			errs = append(errs, fmt.Errorf("route %s: "+format, append([]any{id}, args...)...))
+		}
+		if r.GetKind() == RouteKind_ROUTE_KIND_UNSPECIFIED {
+			add("kind is required")
+		}
+		if seen[id] {
+			add("defined twice")
+		}
+		seen[id] = true
+		if len(r.GetParents()) == 0 {
+			add("no parents")
+		}
+		for _, p := range r.GetParents() {
+			switch v := p.GetParent().(type) {
+			case *RouteParent_Service:
+				if !services[v.Service] {
+					add("parent service %q is not in the snapshot", v.Service)
+				}
+			case *RouteParent_Server:
+				if !servers[v.Server] {
+					add("parent server %q is not in the snapshot", v.Server)
+				}
+			default:
+				add("a parent names neither a service nor a server")
+			}
+			if p.GetPort() > 65535 {
+				add("parent port %d out of range 1-65535", p.GetPort())
+			}
+		}
+		for j, rule := range r.GetRules() {
+			validateRule(rule, services, func(format string, args ...any) {
+				add("rules[%d]: "+format, append([]any{j}, args...)...)
+			})
+		}
+	}
+	return errs
+}
+
+func validateRule(rule *RouteRule, services map[string]bool, add func(string, ...any)) {
+	allPrefix := true
+	for _, m := range rule.GetMatches() {
+		if p := m.GetPath(); p != nil && p.GetType() != StringMatchType_STRING_MATCH_TYPE_PATH_PREFIX {
+			allPrefix = false
+		}
+		checkRegexp(m.GetPath(), "path", add)
+		checkRegexp(m.GetGrpcService(), "grpc service", add)
+		checkRegexp(m.GetGrpcMethod(), "grpc method", add)
+		for _, h := range m.GetHeaders() {
+			checkRegexp(&StringMatch{Type: h.GetType(), Value: h.GetValue()}, "header "+h.GetName(), add)
+		}
+		for _, q := range m.GetQueryParams() {
+			checkRegexp(&StringMatch{Type: q.GetType(), Value: q.GetValue()}, "query parameter "+q.GetName(), add)
+		}
+	}
+	checkFilters := func(fs []*RouteFilter, where string) {
+		for _, f := range fs {
+			var pm *PathModifier
+			switch v := f.GetFilter().(type) {
+			case *RouteFilter_RequestRedirect:
+				pm = v.RequestRedirect.GetPath()
+				if c := v.RequestRedirect.GetStatusCode(); c != 0 && c != 301 && c != 302 {
+					add("%sredirect status %d: want 301 or 302", where, c)
+				}
+			case *RouteFilter_UrlRewrite:
+				pm = v.UrlRewrite.GetPath()
+			case nil:
+				add("%san empty filter", where)
+			}
+			if _, ok := pm.GetModifier().(*PathModifier_ReplacePrefixMatch); ok && !allPrefix {
+				add("%sReplacePrefixMatch needs every match of the rule to be a PathPrefix match", where)
+			}
+		}
+	}
+	checkFilters(rule.GetFilters(), "")
+	for _, b := range rule.GetBackends() {
+		if svc := b.GetService(); svc != "" && !services[svc] {
+			add("backend service %q is not in the snapshot", svc)
+		}
+		if b.GetPort() > 65535 {
+			add("backend %s port %d out of range 1-65535", b.GetService(), b.GetPort())
+		}
+		checkFilters(b.GetFilters(), "backend "+b.GetService()+": ")
+	}
+}
+
+func checkRegexp(m *StringMatch, what string, add func(string, ...any)) {
+	if m.GetType() != StringMatchType_STRING_MATCH_TYPE_REGULAR_EXPRESSION {
+		return
+	}
+	if _, err := regexp.Compile(m.GetValue()); err != nil {
+		add("%s: regular expression %q: %v", what, m.GetValue(), err)
+	}
 }

@@ -118,3 +118,89 @@ func TestParseRejects(t *testing.T) {
 		})
 	}
 }
+
+// withRoute is valid() plus a route using every kind of reference.
+func withRoute() *nodeconfig.Snapshot {
+	s := valid()
+	s.Routes = []*nodeconfig.Route{{
+		Name: "r", Namespace: "ns", Kind: nodeconfig.RouteKind_ROUTE_KIND_HTTP,
+		Parents: []*nodeconfig.RouteParent{
+			{Parent: &nodeconfig.RouteParent_Service{Service: "ns/svc"}, Port: 80},
+			{Parent: &nodeconfig.RouteParent_Server{Server: "ns/s"}},
+		},
+		Rules: []*nodeconfig.RouteRule{{
+			Matches: []*nodeconfig.RouteMatch{{
+				Path:    &nodeconfig.StringMatch{Type: nodeconfig.StringMatchType_STRING_MATCH_TYPE_PATH_PREFIX, Value: "/api"},
+				Headers: []*nodeconfig.NamedMatch{{Name: "x", Type: nodeconfig.StringMatchType_STRING_MATCH_TYPE_REGULAR_EXPRESSION, Value: "^a+$"}},
+			}},
+			Filters: []*nodeconfig.RouteFilter{{Filter: &nodeconfig.RouteFilter_UrlRewrite{UrlRewrite: &nodeconfig.URLRewrite{
+				Path: &nodeconfig.PathModifier{Modifier: &nodeconfig.PathModifier_ReplacePrefixMatch{ReplacePrefixMatch: "/"}},
+			}}}},
+			Backends: []*nodeconfig.RouteBackend{{Service: "ns/svc", Port: 80, Weight: 1}, {Weight: 1}},
+		}},
+	}}
+	return s
+}
+
+// TestValidateRoutes shows each bad route reported alone, by name, and the valid route passing.
+func TestValidateRoutes(t *testing.T) {
+	if err := nodeconfig.Validate(withRoute()); err != nil {
+		t.Fatalf("Validate(withRoute) = %v", err)
+	}
+	rule := func(s *nodeconfig.Snapshot) *nodeconfig.RouteRule { return s.Routes[0].Rules[0] }
+	regex := func(v string) *nodeconfig.StringMatch {
+		return &nodeconfig.StringMatch{Type: nodeconfig.StringMatchType_STRING_MATCH_TYPE_REGULAR_EXPRESSION, Value: v}
+	}
+	tests := []struct {
+		name   string
+		mutate func(s *nodeconfig.Snapshot)
+		want   string
+	}{
+		{"no name", func(s *nodeconfig.Snapshot) { s.Routes[0].Name = "" }, "routes[0]: name and namespace are required"},
+		{"no kind", func(s *nodeconfig.Snapshot) { s.Routes[0].Kind = 0 }, "kind is required"},
+		{"twice", func(s *nodeconfig.Snapshot) { s.Routes = append(s.Routes, proto.Clone(s.Routes[0]).(*nodeconfig.Route)) }, "route ROUTE_KIND_HTTP ns/r: defined twice"},
+		{"no parents", func(s *nodeconfig.Snapshot) { s.Routes[0].Parents = nil }, "no parents"},
+		{"unknown parent service", func(s *nodeconfig.Snapshot) {
+			s.Routes[0].Parents[0].Parent = &nodeconfig.RouteParent_Service{Service: "ns/nope"}
+		}, `parent service "ns/nope" is not in the snapshot`},
+		{"unknown parent server", func(s *nodeconfig.Snapshot) {
+			s.Routes[0].Parents[1].Parent = &nodeconfig.RouteParent_Server{Server: "ns/nope"}
+		}, `parent server "ns/nope" is not in the snapshot`},
+		{"empty parent", func(s *nodeconfig.Snapshot) { s.Routes[0].Parents[0].Parent = nil }, "names neither a service nor a server"},
+		{"unknown backend", func(s *nodeconfig.Snapshot) { rule(s).Backends[0].Service = "ns/gone" }, `rules[0]: backend service "ns/gone" is not in the snapshot`},
+		{"bad path regex", func(s *nodeconfig.Snapshot) {
+			rule(s).Matches = append(rule(s).Matches, &nodeconfig.RouteMatch{Path: regex("(")})
+			rule(s).Filters = nil
+		}, `path: regular expression "("`},
+		{"bad header regex", func(s *nodeconfig.Snapshot) { rule(s).Matches[0].Headers[0].Value = "a**" }, `header x: regular expression "a**"`},
+		{"bad query regex", func(s *nodeconfig.Snapshot) {
+			rule(s).Matches[0].QueryParams = []*nodeconfig.NamedMatch{{Name: "q", Type: nodeconfig.StringMatchType_STRING_MATCH_TYPE_REGULAR_EXPRESSION, Value: "[z-a]"}}
+		}, `query parameter q: regular expression "[z-a]"`},
+		{"bad grpc regex", func(s *nodeconfig.Snapshot) { rule(s).Matches[0].GrpcMethod = regex("(x") }, `grpc method: regular expression "(x"`},
+		{"prefix rewrite without prefix match", func(s *nodeconfig.Snapshot) {
+			rule(s).Matches[0].Path.Type = nodeconfig.StringMatchType_STRING_MATCH_TYPE_EXACT
+		}, "ReplacePrefixMatch needs every match of the rule to be a PathPrefix match"},
+		{"prefix rewrite on a backend", func(s *nodeconfig.Snapshot) {
+			rule(s).Matches[0].Path.Type = nodeconfig.StringMatchType_STRING_MATCH_TYPE_EXACT
+			rule(s).Backends[0].Filters, rule(s).Filters = rule(s).Filters, nil
+		}, "backend ns/svc: ReplacePrefixMatch needs"},
+		{"redirect status", func(s *nodeconfig.Snapshot) {
+			rule(s).Filters = []*nodeconfig.RouteFilter{{Filter: &nodeconfig.RouteFilter_RequestRedirect{RequestRedirect: &nodeconfig.RequestRedirect{StatusCode: 307}}}}
+		}, "redirect status 307: want 301 or 302"},
+		{"empty filter", func(s *nodeconfig.Snapshot) { rule(s).Filters = []*nodeconfig.RouteFilter{{}} }, "an empty filter"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := withRoute()
+			tc.mutate(s)
+			err := nodeconfig.Validate(s)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Validate = %v; want an error containing %q", err, tc.want)
+			}
+			// Only the route is wrong: one problem, nothing else reported.
+			if n := strings.Count(err.Error(), "\n"); n != 0 {
+				t.Errorf("Validate reported %d problems, want 1:\n%v", n+1, err)
+			}
+		})
+	}
+}
