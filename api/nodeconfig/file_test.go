@@ -158,7 +158,9 @@ func TestValidateRoutes(t *testing.T) {
 	}{
 		{"no name", func(s *nodeconfig.Snapshot) { s.Routes[0].Name = "" }, "routes[0]: name and namespace are required"},
 		{"no kind", func(s *nodeconfig.Snapshot) { s.Routes[0].Kind = 0 }, "kind is required"},
-		{"twice", func(s *nodeconfig.Snapshot) { s.Routes = append(s.Routes, proto.Clone(s.Routes[0]).(*nodeconfig.Route)) }, "route ROUTE_KIND_HTTP ns/r: defined twice"},
+		{"twice", func(s *nodeconfig.Snapshot) {
+			s.Routes = append(s.Routes, proto.Clone(s.Routes[0]).(*nodeconfig.Route))
+		}, "route ROUTE_KIND_HTTP ns/r: defined twice"},
 		{"no parents", func(s *nodeconfig.Snapshot) { s.Routes[0].Parents = nil }, "no parents"},
 		{"unknown parent service", func(s *nodeconfig.Snapshot) {
 			s.Routes[0].Parents[0].Parent = &nodeconfig.RouteParent_Service{Service: "ns/nope"}
