@@ -4,8 +4,9 @@
 //
 // The controller hands it the mesh-wide nodeconfig.Snapshot after each translation (Update). The
 // server turns the snapshot into named, versioned resources ("workload/<uid>",
-// "service/<ns>/<name>", "server/<ns>/<name>", "mesh/defaults"), works out once per Update what
-// changed, and sends each client only what changed in its node's view (see Relevant), one
+// "service/<ns>/<name>", "server/<ns>/<name>", "route/http|grpc/<ns>/<name>", "mesh/defaults"),
+// works out once per Update what changed, and sends each client only what changed in its view:
+// a ztunnel its node's (see Relevant; never routes), a waypoint the whole mesh; one
 // response at a time: the next response on a stream waits for the client's ACK or NACK of the
 // previous one, and changes that arrive meanwhile are merged. A slow client never blocks Update
 // or other clients.
@@ -146,7 +147,7 @@ func (s *Server) Update(mesh *nodeconfig.Snapshot) {
 		return
 	}
 	// Marking a large share of all resources as dirty costs more than one full comparison.
-	full := len(d.changed) > (len(st.workloads)+len(st.services)+len(st.servers))/4
+	full := len(d.changed) > (len(st.workloads)+len(st.services)+len(st.servers)+len(st.routes))/4
 	s.mu.Lock()
 	clients := make([]*client, 0, len(s.clients))
 	for _, c := range s.clients {

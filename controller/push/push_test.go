@@ -567,3 +567,76 @@ func TestConfigStreamClient(t *testing.T) {
 	srv.Update(clone(mesh))
 	check()
 }
+
+// withRoutes adds an HTTPRoute and a GRPCRoute of the same name on namespace 0's Service.
+func withRoutes(mesh *nodeconfig.Snapshot) *nodeconfig.Snapshot {
+	parent := []*nodeconfig.RouteParent{{Parent: &nodeconfig.RouteParent_Service{Service: "ns-000/svc"}}}
+	mesh.Routes = []*nodeconfig.Route{
+		{Name: "r", Namespace: "ns-000", Kind: nodeconfig.RouteKind_ROUTE_KIND_GRPC, Parents: parent},
+		{Name: "r", Namespace: "ns-000", Kind: nodeconfig.RouteKind_ROUTE_KIND_HTTP, Parents: parent,
+			Rules: []*nodeconfig.RouteRule{{TimeoutMs: 1000}}},
+	}
+	return mesh
+}
+
+// TestRoutesGoToWaypointsOnly: a waypoint receives routes, their changes and removals as deltas
+// like any resource; a ztunnel never receives a route, not even when only routes change.
+func TestRoutesGoToWaypointsOnly(t *testing.T) {
+	t.Parallel()
+	srv := pushtest.Start(t, pushtest.Options{})
+	mesh := withRoutes(pushtest.Mesh(2, 2, 4))
+	srv.Update(clone(mesh))
+	wp := open(t, srv, nil, pushtest.WaypointToken("wp"), &nodeconfig.PushRequest{Node: "node-000", ClientKind: push.KindWaypoint})
+	zt := open(t, srv, nil, pushtest.ZtunnelToken("node-000"), ztunnel("node-000"))
+	httpName := push.RouteName(nodeconfig.RouteKind_ROUTE_KIND_HTTP, "ns-000", "r")
+	grpcName := push.RouteName(nodeconfig.RouteKind_ROUTE_KIND_GRPC, "ns-000", "r")
+	if httpName != "route/http/ns-000/r" || grpcName != "route/grpc/ns-000/r" {
+		t.Fatalf("RouteName = %q, %q", httpName, grpcName)
+	}
+	routes := func(resp *nodeconfig.PushResponse) []string {
+		var out []string
+		for _, r := range resp.GetResources() {
+			if r.GetRoute() != nil {
+				out = append(out, r.GetName())
+			}
+		}
+		return out
+	}
+	if diff := cmp.Diff([]string{grpcName, httpName}, routes(wp.recvAcked(srv, "node-000"))); diff != "" {
+		t.Errorf("waypoint's first routes (-want +got):\n%s", diff)
+	}
+	first := zt.recv()
+	zt.ack(first)
+	if got := routes(first); len(got) != 0 {
+		t.Errorf("ztunnel got routes %q", got)
+	}
+	if diff := cmp.Diff(names(mesh, "node-000"), summarize(first).Changed); diff != "" {
+		t.Errorf("ztunnel's first response (-want +got):\n%s", diff)
+	}
+
+	// A route changes: only the waypoint hears of it.
+	mesh.Routes[1].Rules[0].TimeoutMs = 2000
+	srv.Update(clone(mesh))
+	resp := wp.recvAcked(srv, "node-000")
+	if diff := cmp.Diff(summary{Changed: []string{httpName}}, summarize(resp)); diff != "" {
+		t.Errorf("waypoint delta (-want +got):\n%s", diff)
+	}
+	if got := resp.GetResources()[0].GetRoute().GetRules()[0].GetTimeoutMs(); got != 2000 {
+		t.Errorf("route timeout = %d, want 2000", got)
+	}
+	// A route goes away.
+	mesh.Routes = mesh.Routes[1:]
+	srv.Update(clone(mesh))
+	if diff := cmp.Diff(summary{Removed: []string{grpcName}}, summarize(wp.recvAcked(srv, "node-000"))); diff != "" {
+		t.Errorf("waypoint removal (-want +got):\n%s", diff)
+	}
+	// Then a workload changes: the ztunnel's next response holds that, and no route.
+	mesh.Workloads[0].Ready = !mesh.Workloads[0].Ready
+	srv.Update(clone(mesh))
+	if diff := cmp.Diff(summary{Changed: []string{push.WorkloadName(mesh.Workloads[0].Uid)}}, summarize(zt.recv())); diff != "" {
+		t.Errorf("ztunnel response after route changes (-want +got):\n%s", diff)
+	}
+	if got := push.Relevant(mesh, "node-000").GetRoutes(); len(got) != 0 {
+		t.Errorf("Relevant kept %d routes", len(got))
+	}
+}

@@ -20,6 +20,7 @@ const (
 	workloadPrefix = "workload/"
 	servicePrefix  = "service/"
 	serverPrefix   = "server/"
+	routePrefix    = "route/"
 	// MeshName names the one MeshConfig resource.
 	MeshName = "mesh/defaults"
 )
@@ -33,6 +34,22 @@ func ServiceName(namespace, name string) string { return servicePrefix + namespa
 // ServerName returns the resource name of a Server.
 func ServerName(namespace, name string) string { return serverPrefix + namespace + "/" + name }
 
+// RouteName returns the resource name of a compiled route: "route/http/<namespace>/<name>" or
+// "route/grpc/<namespace>/<name>" (an HTTPRoute and a GRPCRoute may share a name).
+func RouteName(kind nodeconfig.RouteKind, namespace, name string) string {
+	return routePrefix + routeKindSegment(kind) + namespace + "/" + name
+}
+
+func routeKindSegment(kind nodeconfig.RouteKind) string {
+	switch kind {
+	case nodeconfig.RouteKind_ROUTE_KIND_HTTP:
+		return "http/"
+	case nodeconfig.RouteKind_ROUTE_KIND_GRPC:
+		return "grpc/"
+	}
+	return "unspecified/"
+}
+
 // serverRef turns a Workload.servers key ("namespace/name") into a resource name.
 func serverRef(key string) string { return serverPrefix + key }
 
@@ -43,9 +60,10 @@ func serverRef(key string) string { return serverPrefix + key }
 //     destination node's ztunnel enforces Servers (and the snapshot must not name Servers it does
 //     not carry);
 //   - every service, and the mesh defaults and trust domain;
-//   - only the Servers that the workloads on node reference.
+//   - only the Servers that the workloads on node reference;
+//   - no routes: only waypoints apply them.
 //
-// Waypoints are not filtered: they receive the whole mesh. The input is not modified; the result
+// Waypoints are not filtered: they receive the whole mesh, routes included. The input is not modified; the result
 // shares unmodified messages with it.
 func Relevant(mesh *nodeconfig.Snapshot, node string) *nodeconfig.Snapshot {
 	out := &nodeconfig.Snapshot{
@@ -114,6 +132,7 @@ type meshState struct {
 	workloads map[string]*workloadEntry
 	services  map[string]*entry
 	servers   map[string]*entry
+	routes    map[string]*entry // sent to waypoints only
 	mesh      *nodeconfig.Resource
 
 	// nodeServers counts, per node, the local workloads referencing each Server (by resource
@@ -126,6 +145,7 @@ func emptyState() *meshState {
 		workloads:   map[string]*workloadEntry{},
 		services:    map[string]*entry{},
 		servers:     map[string]*entry{},
+		routes:      map[string]*entry{},
 		nodeServers: map[string]map[string]int{},
 	}
 }
@@ -153,6 +173,10 @@ func (st *meshState) desired(name, node, kind string) *nodeconfig.Resource {
 		if e := st.servers[name]; e != nil && (kind == KindWaypoint || st.nodeServers[node][name] > 0) {
 			return e.res
 		}
+	case strings.HasPrefix(name, routePrefix):
+		if e := st.routes[name]; e != nil && kind == KindWaypoint {
+			return e.res
+		}
 	}
 	return nil
 }
@@ -174,6 +198,9 @@ func (st *meshState) each(node, kind string, fn func(*nodeconfig.Resource)) {
 	}
 	if kind == KindWaypoint {
 		for _, e := range st.servers {
+			fn(e.res)
+		}
+		for _, e := range st.routes {
 			fn(e.res)
 		}
 		return
@@ -203,6 +230,7 @@ func (st *meshState) next(mesh *nodeconfig.Snapshot) (*meshState, delta) {
 		workloads:   make(map[string]*workloadEntry, len(mesh.GetWorkloads())),
 		services:    make(map[string]*entry, len(mesh.GetServices())),
 		servers:     make(map[string]*entry, len(mesh.GetServers())),
+		routes:      make(map[string]*entry, len(mesh.GetRoutes())),
 		nodeServers: maps.Clone(st.nodeServers),
 	}
 	var d delta
@@ -322,7 +350,12 @@ func (st *meshState) next(mesh *nodeconfig.Snapshot) (*meshState, delta) {
 			return &nodeconfig.Resource{Name: name, Kind: &nodeconfig.Resource_Server{Server: sv}}
 		})
 	}
-	for _, pair := range [2][2]map[string]*entry{{st.services, ns.services}, {st.servers, ns.servers}} {
+	for _, r := range mesh.GetRoutes() {
+		diff(st.routes, ns.routes, routePrefix+routeKindSegment(r.GetKind()), r.GetNamespace(), r.GetName(), r, func(name string) *nodeconfig.Resource {
+			return &nodeconfig.Resource{Name: name, Kind: &nodeconfig.Resource_Route{Route: r}}
+		})
+	}
+	for _, pair := range [3][2]map[string]*entry{{st.services, ns.services}, {st.servers, ns.servers}, {st.routes, ns.routes}} {
 		for name, prev := range pair[0] {
 			if _, ok := pair[1][name]; !ok {
 				ns.digest ^= entryHash(prev.res)
