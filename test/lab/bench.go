@@ -47,7 +47,8 @@ func cmdBench(ctx context.Context, args []string) (err error) {
 	maxDur := fs.Duration("max", 5*time.Second, "duration of the max-rate test")
 	connDur := fs.Duration("connrate", 5*time.Second, "duration of the new-connections test")
 	idleConns := fs.Int("idle-conns", 10000, "idle proxied connections for the ztunnel memory test (0: skip)")
-	peersFlag := fs.String("peers", "stunnel,haproxy", "peer tunnels to measure (stunnel, haproxy; empty: none)")
+	peersFlag := fs.String("peers", "stunnel,haproxy,gotunnel", "peer tunnels to measure (stunnel, haproxy, gotunnel; empty: none)")
+	profileDir := fs.String("profile", "", "after the measured repetitions, profile both ztunnels (CPU and allocations) during a bulk and a 1000 rps phase; raw profiles go to this directory, `go tool pprof -top` summaries to <out>/profile")
 	out := fs.String("out", "bench/results", "results directory (latest.md, latest.json), relative to the repository root")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -75,7 +76,7 @@ func cmdBench(ctx context.Context, args []string) (err error) {
 	if err := b.setup(ctx, splitList(*peersFlag)); err != nil {
 		return err
 	}
-	res := &BenchResults{Command: cmdline, Machine: machine(), Started: start.UTC().Format(time.RFC3339), Reps: *reps}
+	res := &BenchResults{Command: cmdline, Machine: machine(), Started: start.UTC().Format(time.RFC3339), Reps: *reps, LoadStart: loadavg()}
 	for _, c := range b.cases {
 		res.Cases = append(res.Cases, c.name)
 	}
@@ -116,20 +117,33 @@ func cmdBench(ctx context.Context, args []string) (err error) {
 			}
 		}
 	}
-	if *idleConns > 0 {
-		if err := b.idle(ctx, res, *idleConns); err != nil {
-			fmt.Printf("bench: idle-connection test failed: %v\n", err)
-			res.Notes = append(res.Notes, "idle-connection test failed: "+err.Error())
-		}
-	}
-	res.Seconds = time.Since(start).Seconds() // without teardown
-	md := res.markdown()
-	fmt.Println()
-	fmt.Print(md)
 	dir := *out
 	if !filepath.IsAbs(dir) {
 		dir = filepath.Join(l.cfg.Root, dir)
 	}
+	if *profileDir != "" {
+		if err := b.profile(ctx, *profileDir, filepath.Join(dir, "profile"), *bulkDur, *rrDur); err != nil {
+			return fmt.Errorf("profile: %w", err)
+		}
+	}
+	if *idleConns > 0 {
+		for _, c := range b.cases {
+			if len(c.pids) == 0 {
+				continue
+			}
+			if err := b.idle(ctx, res, c, *idleConns); err != nil {
+				fmt.Printf("bench: idle-connection test (%s) failed: %v\n", c.name, err)
+				res.Notes = append(res.Notes, fmt.Sprintf("idle-connection test (%s) failed: %v", c.name, err))
+			}
+		}
+	}
+	res.Seconds = time.Since(start).Seconds() // without teardown
+	res.LoadEnd = loadavg()
+	res.Profiles = b.profiles
+	res.summarize()
+	md := res.markdown()
+	fmt.Println()
+	fmt.Print(md)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
@@ -173,7 +187,11 @@ type bench struct {
 	l       *Lab
 	log     io.Writer
 	loadBin string
-	cases   []*benchCase
+	// gotunnelBin is the Go peer tunnel, built when the gotunnel peer is measured.
+	gotunnelBin string
+	cases       []*benchCase
+	// profiles are the pprof summaries written, relative to the results directory.
+	profiles []string
 }
 
 func (b *bench) warren() *benchCase {
@@ -341,6 +359,8 @@ func (b *bench) rr(ctx context.Context, res *BenchResults, c *benchCase, rate in
 	} else {
 		res.add(c.name, "rrmax_rps", m["rps"])
 		res.add(c.name, "rrmax_p50_us", m["p50us"])
+		res.add(c.name, "rrmax_p90_us", m["p90us"])
+		res.add(c.name, "rrmax_p99_us", m["p99us"])
 		fmt.Printf("%.0f req/s ", m["rps"])
 	}
 	return nil
@@ -362,23 +382,24 @@ func (b *bench) connrate(ctx context.Context, res *BenchResults, c *benchCase, d
 	return nil
 }
 
-// idle opens n connections from the mesh client to the mesh server's sink and reads the
-// ztunnels' RSS while they are open.
-func (b *bench) idle(ctx context.Context, res *BenchResults, n int) error {
-	c := b.warren()
-	for _, pid := range c.pids { // the ztunnels need ~n descriptors each, plus HBONE sockets
+// idle opens n connections from the case's client pod to its server's sink through the case's
+// proxies and reads the proxies' RSS while they are open.
+func (b *bench) idle(ctx context.Context, res *BenchResults, c *benchCase, n int) error {
+	for _, pid := range c.pids { // each hop needs ~n descriptors, or 2n
 		lim := unix.Rlimit{Cur: 1 << 20, Max: 1 << 20}
 		if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &lim, nil); err != nil {
-			// without CAP_SYS_RESOURCE the hard limit stays; Go already raised the soft one to it
+			// without CAP_SYS_RESOURCE the hard limit stays; raise the soft one to it
 			var old unix.Rlimit
 			_ = unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &old)
-			res.Notes = appendOnce(res.Notes, fmt.Sprintf("could not raise the ztunnels' RLIMIT_NOFILE (%v); it stays at %d/%d", err, old.Cur, old.Max))
+			old.Cur = old.Max
+			_ = unix.Prlimit(pid, unix.RLIMIT_NOFILE, &old, nil)
+			res.Notes = appendOnce(res.Notes, fmt.Sprintf("could not raise the proxies' RLIMIT_NOFILE hard limit (%v); it stays at %d", err, old.Max))
 		}
 	}
 	runtime.GC()
 	before := perProcMiB(c.pids)
 	p := b.l.Pod(c.clientNS, "client")
-	fmt.Printf("bench: opening %d idle connections through the ztunnels... ", n)
+	fmt.Printf("bench: opening %d idle connections through %s... ", n, c.name)
 	t := time.Now()
 	cmd := exec.CommandContext(ctx, "nsenter", "--net="+p.NetnsPath, "--", b.loadBin, "idle", "--to", c.bulk, "--conns", strconv.Itoa(n))
 	cg, err := os.Open(p.Cgroup)
@@ -415,11 +436,16 @@ func (b *bench) idle(ctx context.Context, res *BenchResults, n int) error {
 	time.Sleep(3 * time.Second) // let both ztunnels settle
 	after := perProcMiB(c.pids)
 	fmt.Printf("%d open, %d failed in %v\n", m.Open, m.Failed, time.Since(t).Round(100*time.Millisecond))
-	res.Idle = &IdleResult{Conns: m.Open, Failed: m.Failed, FirstError: m.FirstError, BeforeMiB: before, AfterMiB: after}
+	ir := &IdleResult{Case: c.name, Conns: m.Open, Failed: m.Failed, FirstError: m.FirstError, BeforeMiB: before, AfterMiB: after}
 	for i := range before {
 		if m.Open > 0 {
-			res.Idle.KiBPerConn = append(res.Idle.KiBPerConn, (after[i]-before[i])*1024/float64(m.Open))
+			ir.KiBPerConn = append(ir.KiBPerConn, (after[i]-before[i])*1024/float64(m.Open))
 		}
+	}
+	res.Idle = append(res.Idle, ir)
+	res.add(c.name, "idle_rss_mib", sum(after))
+	if m.Open > 0 {
+		res.add(c.name, "idle_kib_per_conn", (sum(after)-sum(before))*1024/float64(m.Open))
 	}
 	return nil
 }
@@ -449,7 +475,10 @@ func (b *bench) startPeers(ctx context.Context, peers []string, server *Pod) ([]
 	for i, peer := range peers {
 		base := 19000 + 1000*i
 		c := &benchCase{name: peer, clientNS: benchPlainNS, bulk: hostPort(gw, base), rr: hostPort(gw, base+1)}
-		type hop struct{ name, netns, conf string }
+		type hop struct {
+			name, netns, conf string
+			args              []string // gotunnel: flags instead of a config file
+		}
 		var hops []hop
 		switch peer {
 		case "stunnel":
@@ -465,12 +494,12 @@ func (b *bench) startPeers(ctx context.Context, peers []string, server *Pod) ([]
 				srv += fmt.Sprintf("[s%d]\naccept = %s\nconnect = %s\ncert = %s\nkey = %s\nrequireCert = yes\n%s",
 					j, hostPort(n2.IP, base+100+j), hostPort(server.IP, port), filepath.Join(dir, "server.pem"), filepath.Join(dir, "server.key"), tls)
 			}
-			hops = []hop{{"client", n1.NetnsPath, cli}, {"server", n2.NetnsPath, srv}}
+			hops = []hop{{name: "client", netns: n1.NetnsPath, conf: cli}, {name: "server", netns: n2.NetnsPath, conf: srv}}
 		case "haproxy":
 			if _, err := exec.LookPath("haproxy"); err != nil {
 				return nil, fmt.Errorf("peer haproxy: %w (apt-get install haproxy)", err)
 			}
-			global := "global\n  nbthread 2\n  maxconn 8000\n  ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256\n  ssl-default-server-ciphersuites TLS_AES_128_GCM_SHA256\n" +
+			global := "global\n  nbthread 2\n  maxconn 25000\n  ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256\n  ssl-default-server-ciphersuites TLS_AES_128_GCM_SHA256\n" +
 				"  ssl-default-bind-options ssl-min-ver TLSv1.3\n  ssl-default-server-options ssl-min-ver TLSv1.3\n" +
 				"defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n"
 			cli, srv := global, global
@@ -480,18 +509,39 @@ func (b *bench) startPeers(ctx context.Context, peers []string, server *Pod) ([]
 				srv += fmt.Sprintf("listen s%d\n  bind %s ssl crt %s ca-file %s verify required curves X25519\n  server s %s\n",
 					j, hostPort(n2.IP, base+100+j), filepath.Join(dir, "server-full.pem"), filepath.Join(dir, "ca.pem"), hostPort(server.IP, port))
 			}
-			hops = []hop{{"client", n1.NetnsPath, cli}, {"server", n2.NetnsPath, srv}}
+			hops = []hop{{name: "client", netns: n1.NetnsPath, conf: cli}, {name: "server", netns: n2.NetnsPath, conf: srv}}
+		case "gotunnel":
+			bin, err := l.GoBuild(ctx, "./test/bench/gotunnel", "warren-bench-gotunnel")
+			if err != nil {
+				return nil, err
+			}
+			b.gotunnelBin = bin
+			cli := []string{"--mode", "client", "--cert", filepath.Join(dir, "client.pem"), "--key", filepath.Join(dir, "client.key"),
+				"--ca", filepath.Join(dir, "ca.pem"), "--server-name", "bench-peer"}
+			srv := []string{"--mode", "server", "--cert", filepath.Join(dir, "server.pem"), "--key", filepath.Join(dir, "server.key"),
+				"--ca", filepath.Join(dir, "ca.pem")}
+			for j, port := range []int{9000, 9001} {
+				cli = append(cli, "--route", hostPort(gw, base+j)+"="+hostPort(n2.IP, base+100+j))
+				srv = append(srv, "--route", hostPort(n2.IP, base+100+j)+"="+hostPort(server.IP, port))
+			}
+			hops = []hop{{name: "client", netns: n1.NetnsPath, args: cli}, {name: "server", netns: n2.NetnsPath, args: srv}}
 		default:
-			return nil, fmt.Errorf("unknown peer %q (stunnel, haproxy)", peer)
+			return nil, fmt.Errorf("unknown peer %q (stunnel, haproxy, gotunnel)", peer)
 		}
 		for _, h := range hops {
 			conf := filepath.Join(dir, peer+"-"+h.name+".conf")
-			if err := os.WriteFile(conf, []byte(h.conf), 0o600); err != nil {
+			if err := os.WriteFile(conf, []byte(h.conf+strings.Join(h.args, " ")), 0o600); err != nil {
 				return nil, err
 			}
-			bin, args := "stunnel4", []string{conf}
-			if peer == "haproxy" {
+			var bin string
+			var args []string
+			switch peer {
+			case "stunnel":
+				bin, args = "stunnel4", []string{conf}
+			case "haproxy":
 				bin, args = "haproxy", []string{"-db", "-f", conf}
+			case "gotunnel":
+				bin, args = b.gotunnelBin, h.args
 			}
 			name := "bench-" + peer + "-" + h.name
 			p, err := spawn(name, filepath.Join(l.cfg.StateDir, "logs", name+".log"), bin, args, h.netns, cg, nil)
@@ -669,12 +719,13 @@ func machine() Machine {
 }
 
 type IdleResult struct {
+	Case       string    `json:"case"`
 	Conns      int       `json:"conns"`
 	Failed     int       `json:"failed"`
 	FirstError string    `json:"firstError,omitempty"`
-	BeforeMiB  []float64 `json:"ztunnelRssBeforeMiB"`
-	AfterMiB   []float64 `json:"ztunnelRssAfterMiB"`
-	KiBPerConn []float64 `json:"ztunnelKiBPerConn"`
+	BeforeMiB  []float64 `json:"rssBeforeMiB"` // per process (hop)
+	AfterMiB   []float64 `json:"rssAfterMiB"`
+	KiBPerConn []float64 `json:"kibPerConn"`
 }
 
 type BenchResults struct {
@@ -687,8 +738,16 @@ type BenchResults struct {
 	// Samples[case][figure] holds one value per repetition.
 	Samples        map[string]map[string][]float64 `json:"samples"`
 	ZtunnelIdleMiB []float64                       `json:"ztunnelIdleRssMiB"`
-	Idle           *IdleResult                     `json:"idle,omitempty"`
+	Idle           []*IdleResult                   `json:"idle,omitempty"`
 	Notes          []string                        `json:"notes,omitempty"`
+	// LoadStart and LoadEnd are /proc/loadavg at the start and end: other engineers compile on
+	// the same cores during a run.
+	LoadStart string `json:"loadavgStart"`
+	LoadEnd   string `json:"loadavgEnd"`
+	// Summary[figure][case] holds the median with its ratios to direct and to the best peer.
+	Summary map[string]map[string]Cell `json:"summary"`
+	// Profiles lists the pprof summaries written by --profile, relative to the results directory.
+	Profiles []string `json:"profiles,omitempty"`
 }
 
 func (r *BenchResults) add(c, fig string, v float64) {
@@ -728,6 +787,8 @@ var figures = []figure{
 	{"rr1000_send_p50_us", "p50 @1000 rps from actual send (µs)", false, 0},
 	{"rrmax_rps", "Max req/s (4 keep-alive conns)", true, 0},
 	{"rrmax_p50_us", "p50 at max rate (µs)", false, 0},
+	{"rrmax_p90_us", "p90 at max rate (µs)", false, 0},
+	{"rrmax_p99_us", "p99 at max rate (µs)", false, 0},
 	{"conn_per_s", "New conns/s (8 workers, 1 req per conn)", true, 0},
 	{"bulk1_cpu_s_per_gb", "Proxy CPU-s per GB, 1 stream (both hops)", false, 2},
 	{"bulk8_cpu_s_per_gb", "Proxy CPU-s per GB, 8 streams", false, 2},
@@ -735,6 +796,8 @@ var figures = []figure{
 	{"conn_cpu_ms", "Proxy CPU per new conn (ms)", false, 2},
 	{"rss_idle_mib", "Proxy RSS idle, fresh, both hops (MiB)", false, 1},
 	{"rr1000_rss_mib", "Proxy RSS @1000 rps, both hops (MiB, max sample)", false, 1},
+	{"idle_rss_mib", "Proxy RSS with the idle proxied conns open, both hops (MiB; count below)", false, 1},
+	{"idle_kib_per_conn", "Proxy RSS per idle proxied conn, both hops (KiB)", false, 1},
 }
 
 func (r *BenchResults) markdown() string {
@@ -743,8 +806,9 @@ func (r *BenchResults) markdown() string {
 	fmt.Fprintf(&sb, "# Warren benchmark\n\n")
 	fmt.Fprintf(&sb, "- Command: `%s` (as root, from the repository root)\n", strings.TrimSpace(r.Command))
 	fmt.Fprintf(&sb, "- Machine: nproc=%d, CPU %q, kernel %s, %s RAM, %s; peers: %s\n", m.Nproc, m.CPU, m.Kernel, m.MemGiB, m.Go, m.Peers)
+	fmt.Fprintf(&sb, "- Load average (1, 5, 15 min) at start %s, at end %s: other engineers were compiling and testing on the same 2 cores during the run; only ratios within this run are meaningful.\n", r.LoadStart, r.LoadEnd)
 	fmt.Fprintf(&sb, "- Started %s, took %.0f s. %d repetitions, interleaved (each test across all cases per repetition, case order rotating); cells: median [min–max] over the repetitions, ×ratio of medians to direct.\n", r.Started, r.Seconds, r.Reps)
-	fmt.Fprintf(&sb, "- Topology: client pod on node-1, server pod on node-2 (lab netns, veth). direct: plain namespace; warren: ambient namespace (eBPF redirect + ztunnel node-1 → HBONE mTLS → ztunnel node-2); peers: client hop in node-1's netns, server hop in node-2's, TLS 1.3 TLS_AES_128_GCM_SHA256, ECDSA P-256 throwaway CA, client certs required. Load: test/bench/load. \"Proxy\" figures add up both hops (both ztunnels), user+system CPU from /proc/PID/stat.\n\n")
+	fmt.Fprintf(&sb, "- Topology: client pod on node-1, server pod on node-2 (lab netns, veth). direct: plain namespace; warren: ambient namespace (eBPF redirect + ztunnel node-1 → HBONE mTLS → ztunnel node-2); peers: client hop in node-1's netns, server hop in node-2's, TLS 1.3 TLS_AES_128_GCM_SHA256 (gotunnel: Go's crypto/tls choice, AES-128-GCM on AES-NI), X25519, ECDSA P-256 throwaway CA, client certs required, one TLS connection per proxied connection (Warren pools HBONE). Load: test/bench/load. \"Proxy\" figures add up both hops (both ztunnels), user+system CPU from /proc/PID/stat.\n\n")
 	peers := []string{}
 	for _, c := range r.Cases {
 		if c != "direct" && c != "warren" {
@@ -798,9 +862,12 @@ func (r *BenchResults) markdown() string {
 	}
 	sb.WriteString("\n")
 	fmt.Fprintf(&sb, "- ztunnel RSS idle, fresh, per process (node-1, node-2): %s MiB\n", fmtList(r.ZtunnelIdleMiB))
-	if i := r.Idle; i != nil {
-		fmt.Fprintf(&sb, "- %d idle proxied connections open (%d failed): ztunnel RSS per process %s → %s MiB, i.e. %s KiB per connection\n",
-			i.Conns, i.Failed, fmtList(i.BeforeMiB), fmtList(i.AfterMiB), fmtList(i.KiBPerConn))
+	for _, i := range r.Idle {
+		fmt.Fprintf(&sb, "- %s: %d idle proxied connections open (%d failed): RSS per process (client hop, server hop) %s → %s MiB, i.e. %s KiB per connection\n",
+			i.Case, i.Conns, i.Failed, fmtList(i.BeforeMiB), fmtList(i.AfterMiB), fmtList(i.KiBPerConn))
+		if i.FirstError != "" {
+			fmt.Fprintf(&sb, "  - first error: %s\n", i.FirstError)
+		}
 	}
 	var errs []string
 	for _, c := range r.Cases {
@@ -814,7 +881,78 @@ func (r *BenchResults) markdown() string {
 	for _, n := range r.Notes {
 		fmt.Fprintf(&sb, "- %s\n", n)
 	}
+	if len(r.Profiles) > 0 {
+		fmt.Fprintf(&sb, "- Profiles of both ztunnels (`--profile`, an extra unmeasured pass of the warren case; `go tool pprof -top`): %s\n", strings.Join(r.Profiles, ", "))
+	}
 	return sb.String()
+}
+
+// Cell is one case's value of one figure.
+type Cell struct {
+	Median float64 `json:"median"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+	// RatioToDirect is median ÷ direct's median (absent for figures direct has none of).
+	RatioToDirect float64 `json:"ratioToDirect,omitempty"`
+	// RatioToBestPeer is median ÷ the best peer's median; BestPeer names it.
+	RatioToBestPeer float64 `json:"ratioToBestPeer,omitempty"`
+	BestPeer        string  `json:"bestPeer,omitempty"`
+}
+
+// summarize fills Summary from Samples.
+func (r *BenchResults) summarize() {
+	r.Summary = map[string]map[string]Cell{}
+	for _, f := range figures {
+		best, bestName := math.NaN(), ""
+		for _, c := range r.Cases {
+			if c == "direct" || c == "warren" {
+				continue
+			}
+			v := median(r.Samples[c][f.key])
+			if !math.IsNaN(v) && (math.IsNaN(best) || (f.higher && v > best) || (!f.higher && v < best)) {
+				best, bestName = v, c
+			}
+		}
+		direct := median(r.Samples["direct"][f.key])
+		row := map[string]Cell{}
+		for _, c := range r.Cases {
+			v := r.Samples[c][f.key]
+			if len(v) == 0 {
+				continue
+			}
+			cell := Cell{Median: median(v), Min: slices.Min(v), Max: slices.Max(v)}
+			if !math.IsNaN(direct) && direct != 0 {
+				cell.RatioToDirect = cell.Median / direct
+			}
+			if !math.IsNaN(best) && best != 0 && c != "direct" {
+				cell.RatioToBestPeer, cell.BestPeer = cell.Median/best, bestName
+			}
+			row[c] = cell
+		}
+		if len(row) > 0 {
+			r.Summary[f.key] = row
+		}
+	}
+}
+
+func sum(v []float64) float64 {
+	t := 0.0
+	for _, x := range v {
+		t += x
+	}
+	return t
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func fmtNum(v float64, digits int) string { return strconv.FormatFloat(v, 'f', digits, 64) }
