@@ -112,19 +112,42 @@ func (t *Table) add(pk parentKey, c *candidate) {
 		m[pk.name] = a
 	}
 	pl := &a.kinds[c.m.Route.GetKind()]
-	hostnames := len(c.route.hosts) > 0
 	if pk.port == 0 {
-		pl.all.list = append(pl.all.list, c)
-		pl.all.hostnames = pl.all.hostnames || hostnames
+		if pl.all == nil {
+			pl.all = &candidates{}
+		}
+		pl.all.add(c)
 		return
 	}
 	if pl.byPort == nil {
-		pl.byPort = map[uint32]candidates{}
+		pl.byPort = map[uint32]*candidates{}
 	}
 	l := pl.byPort[pk.port]
-	l.list = append(l.list, c)
-	l.hostnames = l.hostnames || hostnames
-	pl.byPort[pk.port] = l
+	if l == nil {
+		l = &candidates{}
+		pl.byPort[pk.port] = l
+	}
+	l.add(c)
+}
+
+// segment returns the first path segment every request c matches has, if c's path condition
+// fixes one (Exact, a PathPrefix other than "/", a regular expression starting with a literal
+// "/segment/").
+func (c *candidate) segment() (string, bool) {
+	if c.path.absent {
+		return "", false
+	}
+	if c.path.re != nil {
+		// A literal prefix "/a/..." fixes the first segment.
+		if seg, ok := firstSegment(c.path.lit); ok && len(c.path.lit) > len(seg)+1 {
+			return seg, true
+		}
+		return "", false
+	}
+	if c.path.kind == nodeconfig.StringMatchType_STRING_MATCH_TYPE_PATH_PREFIX && c.path.value == "" {
+		return "", false
+	}
+	return firstSegment(c.path.value)
 }
 
 // compiledRoute is what matching needs of a route as a whole.
@@ -274,7 +297,8 @@ type pathMatcher struct {
 	kind   nodeconfig.StringMatchType
 	value  string // Exact: the path; PathPrefix: the prefix without trailing "/"
 	re     *regexp.Regexp
-	absent bool // gRPC route without a path condition
+	lit    string // RegularExpression: a literal prefix every match starts with
+	absent bool   // gRPC route without a path condition
 }
 
 func (m *pathMatcher) match(path string) bool {
@@ -282,7 +306,7 @@ func (m *pathMatcher) match(path string) bool {
 	case m.absent:
 		return true
 	case m.re != nil:
-		return m.re.MatchString(path)
+		return strings.HasPrefix(path, m.lit) && m.re.MatchString(path)
 	case m.kind == nodeconfig.StringMatchType_STRING_MATCH_TYPE_EXACT:
 		return path == m.value
 	}
@@ -407,7 +431,8 @@ func compileMatch(kind nodeconfig.RouteKind, m *nodeconfig.RouteMatch) (*candida
 			if err != nil {
 				return nil, fmt.Errorf("path: %w", err)
 			}
-			c.path = pathMatcher{kind: p.GetType(), re: re}
+			lit, _ := regexp.MustCompile(p.GetValue()).LiteralPrefix() // valid: compileRegexp checked it
+			c.path = pathMatcher{kind: p.GetType(), re: re, lit: lit}
 			c.prec.pathRank = 2
 		default:
 			return nil, fmt.Errorf("path: unknown match type %v", p.GetType())

@@ -298,3 +298,41 @@ func TestGRPCPrecedence(t *testing.T) {
 		})
 	}
 }
+
+// TestPathIndex: candidates indexed by first path segment and those that match any path are
+// merged in precedence order.
+func TestPathIndex(t *testing.T) {
+	table := compile(t,
+		createdAt(httpRoute("root-exact", newRule(pathMatch(exactType, "/"))), 1),
+		createdAt(httpRoute("catch-all", newRule()), 2),
+		createdAt(httpRoute("a-prefix", newRule(pathMatch(prefixType, "/a/"))), 3),
+		createdAt(httpRoute("a-deeper", newRule(pathMatch(prefixType, "/a/b/c"))), 4),
+		createdAt(httpRoute("any-regex", newRule(pathMatch(regexType, `/[a-z]+/[0-9]+`))), 5),
+		createdAt(httpRoute("a-regex", newRule(pathMatch(regexType, `/a/x.*`))), 6),
+		createdAt(httpRoute("ab-regex", newRule(pathMatch(regexType, `/ab.*`))), 7),
+		createdAt(httpRoute("b-exact", newRule(pathMatch(exactType, "/b"))), 8),
+	)
+	tests := []struct{ path, want string }{
+		{"/", "root-exact/0/0"},
+		{"/a", "a-prefix/0/0"},
+		{"/a/", "a-prefix/0/0"},
+		{"/a/1", "any-regex/0/0"}, // regex over prefix; the older regex first
+		{"/a/xyz", "a-regex/0/0"},
+		{"/a/x1", "a-regex/0/0"},
+		{"/a/b/c/d", "a-deeper/0/0"},
+		{"/abc", "ab-regex/0/0"},
+		{"/ab/1", "any-regex/0/0"},
+		{"/b", "b-exact/0/0"},
+		{"/b/c", "catch-all/0/-1"},
+		{"/c", "catch-all/0/-1"},
+		{"*", "none"},          // OPTIONS *: not under "/"
+		{"", "root-exact/0/0"}, // absolute-form without a path is "/"
+	}
+	for _, tt := range tests {
+		r := newRequest("GET", "/")
+		r.URL.Path = tt.path
+		if got := matched(table.Match(svcParent, r)); got != tt.want {
+			t.Errorf("%q matched %s, want %s", tt.path, got, tt.want)
+		}
+	}
+}

@@ -77,16 +77,75 @@ const numKinds = 3 // indexed by nodeconfig.RouteKind
 
 // portLists are the candidates of a parent for every port, and those limited to one port.
 type portLists struct {
-	all    candidates
-	byPort map[uint32]candidates
+	all    *candidates
+	byPort map[uint32]*candidates
 }
 
-// candidates are sorted by precedence (ascending rank).
+// candidates are the (rule, match) pairs attached to one parent, each list sorted by
+// precedence (ascending rank). They are indexed by the first path segment their Exact or
+// PathPrefix path requires, so a request is only checked against the candidates that can match
+// its path: those of its first segment and those that can match any path (regular expressions,
+// PathPrefix "/", gRPC routes).
 type candidates struct {
-	list []*candidate
-	// hostnames is true when a route in list has hostnames, so a match's precedence depends on
-	// the Host and the first matching candidate is not necessarily the winner.
+	any       []*candidate
+	bySegment map[string][]*candidate
+	// hostnames is true when a candidate's route has hostnames, so a match's precedence depends
+	// on the Host and the first matching candidate is not necessarily the winner.
 	hostnames bool
+}
+
+func (c *candidates) add(cand *candidate) {
+	c.hostnames = c.hostnames || len(cand.route.hosts) > 0
+	seg, ok := cand.segment()
+	if !ok {
+		c.any = append(c.any, cand)
+		return
+	}
+	if c.bySegment == nil {
+		c.bySegment = map[string][]*candidate{}
+	}
+	c.bySegment[seg] = append(c.bySegment[seg], cand)
+}
+
+// maxSources is the most candidate lists a request merges: for each of the Service (every
+// port), the Service's port and the Server, the lists for any path and for the path's first
+// segment.
+const maxSources = 6
+
+// sources appends c's lists that can match a request whose path has first segment seg.
+func (c *candidates) sources(seg string, hasSeg bool, src *[maxSources][]*candidate, n int, hostnames *bool) int {
+	if c == nil {
+		return n
+	}
+	*hostnames = *hostnames || c.hostnames
+	if len(c.any) > 0 {
+		src[n] = c.any
+		n++
+	}
+	if hasSeg {
+		if l := c.bySegment[seg]; len(l) > 0 {
+			src[n] = l
+			n++
+		}
+	}
+	return n
+}
+
+func (c *candidates) empty() bool {
+	return c == nil || (len(c.any) == 0 && len(c.bySegment) == 0)
+}
+
+// firstSegment returns the first segment of a path: "a" for "/a" and "/a/b", "" for "/"; ok is
+// false for a path not starting with "/".
+func firstSegment(path string) (seg string, ok bool) {
+	if path == "" || path[0] != '/' {
+		return "", false
+	}
+	seg = path[1:]
+	if i := strings.IndexByte(seg, '/'); i >= 0 {
+		seg = seg[:i]
+	}
+	return seg, true
 }
 
 // Match is the rule a request matched. It is shared by every request that matches the same
@@ -121,47 +180,45 @@ func (t *Table) HasRoutes(p Parent, kind nodeconfig.RouteKind) bool {
 	if kind < 0 || int(kind) >= numKinds {
 		return false
 	}
-	var src [3]candidates
-	return t.sources(p, kind, &src) > 0
+	for _, c := range t.lists(p, kind) {
+		if !c.empty() {
+			return true
+		}
+	}
+	return false
 }
 
-// sources fills src with the non-empty candidate lists attached to p for kind and returns how
-// many there are.
-func (t *Table) sources(p Parent, kind nodeconfig.RouteKind, src *[3]candidates) int {
-	n := 0
+// lists returns the candidate lists attached to p for kind (nil entries when none).
+func (t *Table) lists(p Parent, kind nodeconfig.RouteKind) [3]*candidates {
+	var out [3]*candidates
 	if p.Service != "" {
 		if a := t.services[p.Service]; a != nil {
 			pl := &a.kinds[kind]
-			if len(pl.all.list) > 0 {
-				src[n] = pl.all
-				n++
-			}
-			if c := pl.byPort[p.Port]; len(c.list) > 0 {
-				src[n] = c
-				n++
-			}
+			out[0] = pl.all
+			out[1] = pl.byPort[p.Port]
 		}
 	}
 	if p.Server != "" {
 		if a := t.servers[p.Server]; a != nil {
-			if c := a.kinds[kind].all; len(c.list) > 0 {
-				src[n] = c
-				n++
-			}
+			out[2] = a.kinds[kind].all
 		}
 	}
-	return n
+	return out
 }
 
 // Match returns the rule r matches among the routes attached to p, or nil when none does. r.Host
 // is the authority. gRPC requests match GRPCRoutes when any is attached to p, HTTPRoutes
-// otherwise; other requests match HTTPRoutes. Match does not modify r and does not allocate
+// otherwise; other requests match HTTPRoutes. An empty path is "/"; a path not starting with "/"
+// (OPTIONS *) matches only rules without an Exact or PathPrefix path. Match does not modify r and does not allocate
 // unless a matched header is repeated or a query parameter is percent-encoded.
 func (t *Table) Match(p Parent, r *http.Request) *Match {
 	if t == nil {
 		return nil
 	}
 	req := request{host: hostname(r.Host), path: r.URL.Path}
+	if req.path == "" {
+		req.path = "/" // absolute-form "http://host" (RFC 9112 section 3.2.2)
+	}
 	kind := nodeconfig.RouteKind_ROUTE_KIND_HTTP
 	if isGRPC(r) && t.HasRoutes(p, nodeconfig.RouteKind_ROUTE_KIND_GRPC) {
 		kind = nodeconfig.RouteKind_ROUTE_KIND_GRPC
@@ -173,31 +230,34 @@ func (t *Table) Match(p Parent, r *http.Request) *Match {
 	return nil
 }
 
-// match walks the candidates attached to p in precedence order, merging up to three sorted
-// lists, and returns the best one that matches.
+// match walks the candidates attached to p that can match the request's path in precedence
+// order, merging their sorted lists, and returns the best one that matches.
 func (t *Table) match(p Parent, kind nodeconfig.RouteKind, r *http.Request, req *request) *candidate {
-	var src [3]candidates
-	n := t.sources(p, kind, &src)
-	hostnames := false
-	for i := range n {
-		hostnames = hostnames || src[i].hostnames
+	var (
+		src       [maxSources][]*candidate
+		n         int
+		hostnames bool
+	)
+	seg, hasSeg := firstSegment(req.path)
+	for _, c := range t.lists(p, kind) {
+		n = c.sources(seg, hasSeg, &src, n, &hostnames)
 	}
 	var (
-		next    [3]int
+		next    [maxSources]int
 		best    *candidate
 		bestKey hostKey
 	)
 	for {
 		k := -1
 		for i := range n {
-			if next[i] < len(src[i].list) && (k < 0 || src[i].list[next[i]].rank < src[k].list[next[k]].rank) {
+			if next[i] < len(src[i]) && (k < 0 || src[i][next[i]].rank < src[k][next[k]].rank) {
 				k = i
 			}
 		}
 		if k < 0 {
 			return best
 		}
-		c := src[k].list[next[k]]
+		c := src[k][next[k]]
 		next[k]++
 		key, ok := c.route.hostKey(req.host)
 		if !ok || (best != nil && !key.better(bestKey)) {
