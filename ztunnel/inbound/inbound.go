@@ -3,6 +3,13 @@
 // engine (identity only from the mTLS peer certificate), dials the application, and splices bytes
 // both ways. Connections that a later policy change no longer allows are closed.
 //
+// A workload served by a waypoint (Workload.waypoint) admits only the waypoint's identity: the
+// waypoint has already applied the L4 and L7 rules with the real client's identity, so the
+// workload's Servers are not applied again to it, and anyone else (a client dialing the pod's
+// :15008 or :15006 directly) is refused as a waypoint bypass (HBONE 401, one security event).
+// Kubelet probes still pass. A waypoint bound only to a Service (not the pod) does not count:
+// direct traffic to the pod stays governed by the pod's own policy, as in Istio.
+//
 // The listeners are handed in already bound (in the pod's network namespace, by the ztunnel), so
 // this package does no socket setup of its own. Only the ztunnel component imports it.
 package inbound
@@ -317,7 +324,7 @@ func (p *Proxy) admit(ctx context.Context, src authz.Source, srcAP, dst netip.Ad
 		return nil, nil, http.StatusBadRequest, reason
 	}
 	src.Probe = p.isProbe(w, src.Addr, dst.Port())
-	dec := view.Authz().Evaluate(w, dst.Port(), src)
+	dec := decide(view, w, dst.Port(), src)
 	if !dec.Allow {
 		p.event(telemetry.Deny, src, srcAP, dst, w, dec)
 		return nil, nil, http.StatusUnauthorized, "denied: " + dec.Reason
@@ -334,6 +341,25 @@ func (p *Proxy) admit(ctx context.Context, src authz.Source, srcAP, dst netip.Ad
 		return nil, nil, http.StatusServiceUnavailable, fmt.Sprintf("dial application %s: %v", dst, err)
 	}
 	return up, view, http.StatusOK, ""
+}
+
+// KindWaypoint is the policy kind of decisions the waypoint rule makes, in security events and
+// metrics (the policy label is the waypoint's "namespace/name").
+const KindWaypoint = "Waypoint"
+
+// decide authorizes a connection from src to w's port: a workload with a waypoint admits only
+// the waypoint's identity (and kubelet probes); any other goes through the L4 policy engine.
+func decide(view *state.View, w *nodeconfig.Workload, port uint16, src authz.Source) authz.Decision {
+	wp := w.GetWaypoint()
+	if wp == nil || src.Probe {
+		return view.Authz().Evaluate(w, port, src)
+	}
+	ref := authz.PolicyRef{Kind: KindWaypoint, Namespace: wp.GetNamespace(), Name: wp.GetName()}
+	if !src.Identity.IsZero() && wp.GetIdentity() != "" && src.Identity.String() == wp.GetIdentity() {
+		return authz.Decision{Allow: true, Policy: ref, Reason: "from the workload's waypoint"}
+	}
+	return authz.Decision{Policy: ref, Reason: fmt.Sprintf("waypoint bypass: %s/%s is served by waypoint %s/%s; only %s may connect",
+		w.GetNamespace(), w.GetName(), wp.GetNamespace(), wp.GetName(), wp.GetIdentity())}
 }
 
 // track registers an authorized connection for revocation. If the config changed since the
@@ -437,7 +463,7 @@ func (p *Proxy) recheck(view *state.View) {
 		if w == nil {
 			dec = authz.Decision{Reason: "workload left the config", Policy: authz.PolicyRef{Kind: "Default", Default: "deny"}}
 		} else {
-			dec = view.Authz().Evaluate(w, cn.dst.Port(), cn.src)
+			dec = decide(view, w, cn.dst.Port(), cn.src)
 			if dec.Allow {
 				continue
 			}
