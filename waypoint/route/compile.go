@@ -443,10 +443,6 @@ func compileMatch(kind nodeconfig.RouteKind, m *nodeconfig.RouteMatch) (*candida
 	} else {
 		c.path.absent = true
 	}
-	if kind == nodeconfig.RouteKind_ROUTE_KIND_GRPC {
-		// gRPC precedence does not look at paths.
-		c.prec.pathRank, c.prec.prefixLen = 0, 0
-	}
 
 	var err error
 	if c.headers, err = compileNamed("header", m.GetHeaders(), true); err != nil {
@@ -456,6 +452,10 @@ func compileMatch(kind nodeconfig.RouteKind, m *nodeconfig.RouteMatch) (*candida
 		return nil, err
 	}
 	c.prec.headers, c.prec.query = len(c.headers), len(c.query)
+	if kind == nodeconfig.RouteKind_ROUTE_KIND_GRPC {
+		// GRPCRoute precedence looks at hostnames, service, method and headers only.
+		c.prec.pathRank, c.prec.prefixLen, c.prec.method, c.prec.query = 0, 0, false, 0
+	}
 
 	if c.service, c.prec.service, err = compileGRPCPart("grpc service", m.GetGrpcService()); err != nil {
 		return nil, err

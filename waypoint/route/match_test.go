@@ -329,3 +329,35 @@ func TestParents(t *testing.T) {
 		t.Error("an empty Table has routes")
 	}
 }
+
+// TestConcurrentUse: one Table serves many goroutines (run with -race).
+func TestConcurrentUse(t *testing.T) {
+	rule := newRule(pathMatch(prefixType, "/a"))
+	rule.Filters = []*nodeconfig.RouteFilter{{Filter: &nodeconfig.RouteFilter_RequestHeaderModifier{
+		RequestHeaderModifier: headerFilter([][2]string{{"x", "1"}}, nil)}}}
+	table := compile(t, httpRoute("r", rule))
+	done := make(chan string)
+	for g := range 8 {
+		go func() {
+			for i := range 200 {
+				r := newRequest("GET", "/a/b", "y", "2")
+				m := table.Match(svcParent, r)
+				if m == nil {
+					done <- "no match"
+					return
+				}
+				m.ApplyRequest(r, m.PickBackend(uint64(g*i)))
+				if r.Header.Get("x") != "1" {
+					done <- "filter not applied"
+					return
+				}
+			}
+			done <- ""
+		}()
+	}
+	for range 8 {
+		if msg := <-done; msg != "" {
+			t.Error(msg)
+		}
+	}
+}

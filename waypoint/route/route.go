@@ -17,7 +17,7 @@
 //     An absent path condition is PathPrefix "/".
 //   - Headers: names case-insensitive, Exact or RegularExpression (anchored). A header repeated
 //     in the request is matched against its values joined with "," (RFC 9110 section 5.3, as
-//     Envoy does). Query parameters: names case-sensitive, the first value counts. When a match
+//     Envoy does); a "Host" condition compares r.Host as sent, port included. Query parameters: names case-sensitive, the first value counts. When a match
 //     lists the same header (or query parameter) name twice, only the first entry counts.
 //   - gRPC requests (HTTP/2 POST with content-type application/grpc[+suffix]) match GRPCRoutes by
 //     service and method from the path "/pkg.Service/Method" (Exact or anchored
