@@ -94,6 +94,18 @@ func (m *Match) PickBackend(n uint64) *nodeconfig.RouteBackend {
 	return nil // unreachable: x < total == cum[len-1]
 }
 
+// Redirects reports whether the rule's own filters answer with a redirect: such a rule needs
+// no backend (Gateway API redirect rules usually have none), so the caller checks this before
+// answering 500 for a nil PickBackend.
+func (m *Match) Redirects() bool {
+	for _, f := range m.rule.filters.request {
+		if f.redirect != nil {
+			return true
+		}
+	}
+	return false
+}
+
 // ApplyRequest applies the rule's filters, then those of be (nil, or one of m.Rule.Backends as
 // PickBackend returns it), to the outgoing request in place, in order: RequestHeaderModifier
 // (remove, then set, then add; a "Host" header sets r.Host) and URLRewrite (hostname sets

@@ -272,6 +272,9 @@ func TestRedirect(t *testing.T) {
 			if be := m.PickBackend(0); be != nil {
 				t.Errorf("a redirect rule without backends picked %v", be)
 			}
+			if !m.Redirects() {
+				t.Error("Redirects() = false for a redirect rule")
+			}
 			rd := m.ApplyRequest(r, nil)
 			if rd == nil {
 				t.Fatal("ApplyRequest returned no redirect")
@@ -286,6 +289,9 @@ func TestRedirect(t *testing.T) {
 	rule := newRule()
 	rule.Backends[0].Filters = []*nodeconfig.RouteFilter{{Filter: &nodeconfig.RouteFilter_RequestRedirect{RequestRedirect: &nodeconfig.RequestRedirect{Scheme: "https"}}}}
 	m := compile(t, httpRoute("r", rule)).Match(svcParent, newRequest("GET", "/"))
+	if m.Redirects() {
+		t.Error("Redirects() = true for a rule whose backend redirects")
+	}
 	if rd := m.ApplyRequest(newRequest("GET", "http://svc/x"), nil); rd != nil {
 		t.Errorf("without the backend: redirect %+v", rd)
 	}
