@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"net/netip"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -84,11 +85,20 @@ func (z *Ztunnel) bindNodePorts() error {
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	// AdminAddr may list several addresses, comma-separated: the first is the one Addrs reports
+	// first; the others (e.g. the pod IP the API server's pods/proxy reaches, next to a loopback
+	// address for profiles) come after the readiness port.
+	adminAddrs := strings.Split(z.cfg.AdminAddr, ",")
 	for _, b := range []struct {
 		name, addr string
 		h          http.Handler
-	}{{"admin", z.cfg.AdminAddr, admin}, {"metrics", z.cfg.MetricsAddr, metrics}, {"readiness", z.cfg.ReadyAddr, ready}} {
+	}{{"admin", strings.TrimSpace(adminAddrs[0]), admin}, {"metrics", z.cfg.MetricsAddr, metrics}, {"readiness", z.cfg.ReadyAddr, ready}} {
 		if err := bind(b.name, b.addr, b.h); err != nil {
+			return err
+		}
+	}
+	for _, a := range adminAddrs[1:] {
+		if err := bind("admin", strings.TrimSpace(a), admin); err != nil {
 			return err
 		}
 	}

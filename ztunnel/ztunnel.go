@@ -74,7 +74,8 @@ type Config struct {
 	// HBONEPort is the in-pod HBONE port; zero means 15008.
 	HBONEPort uint16
 	// AdminAddr, MetricsAddr and ReadyAddr are the node ports; empty disables each.
-	// The usual values are ":15000", ":15020" and ":15021".
+	// The usual values are ":15000", ":15020" and ":15021". AdminAddr may list several
+	// comma-separated addresses that all serve the admin endpoints.
 	AdminAddr, MetricsAddr, ReadyAddr string
 	// Registry receives the metrics and is what /metrics serves.
 	Registry *prometheus.Registry

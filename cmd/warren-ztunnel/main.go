@@ -103,7 +103,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.node, "node", os.Getenv("NODE_NAME"), "name of this node (default $NODE_NAME)")
 	fs.StringVar(&o.caCert, "ca-cert", "", "PEM certificate of the local signing CA (root or intermediate)")
 	fs.StringVar(&o.caKey, "ca-key", "", "PEM private key of the local signing CA")
-	fs.StringVar(&o.adminAddr, "admin-addr", ":15000", "admin (read-only debug JSON) address")
+	fs.StringVar(&o.adminAddr, "admin-addr", ":15000", "admin (read-only debug JSON) address; several, comma-separated, all serve it")
 	fs.StringVar(&o.metricsAddr, "metrics-addr", ":15020", "Prometheus metrics address")
 	fs.StringVar(&o.readyAddr, "ready-addr", ":15021", "readiness address")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
