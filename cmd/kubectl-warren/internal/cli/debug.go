@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
 	"net/netip"
 	"net/url"
 	"slices"
@@ -16,6 +17,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/warren-mesh/warren/api/nodeconfig"
 	"github.com/warren-mesh/warren/cmd/kubectl-warren/internal/admin"
 	"github.com/warren-mesh/warren/cmd/kubectl-warren/internal/explain"
 	"github.com/warren-mesh/warren/cmd/kubectl-warren/internal/report"
@@ -114,10 +116,6 @@ func (e *env) identityCmd() *cobra.Command {
 	return cmd
 }
 
-// L7Unavailable is the answer to --path/--method/--header until the waypoint routing package
-// (waypoint/route) exists: an explanation of an HTTP request needs the route that matched.
-const L7Unavailable = "L7 explanation needs the waypoint's route matching (package waypoint/route), which this build of kubectl-warren does not include yet; drop --path/--method/--header for the L4 decision of the connection"
-
 func (e *env) whyCmd() *cobra.Command {
 	var path, method string
 	var headers []string
@@ -136,12 +134,32 @@ Names are NAME in -n's namespace, or NAMESPACE/NAME.`,
   # and service-c, through the service?
   kubectl warren why -n default service-c svc/service-b:8080
 
+  # an HTTP request, as the destination's waypoint decides it (route, then L7 policy)
+  kubectl warren why -n default service-a svc/service-b:8080 --method GET --path /foo/bar
+
   # an unmeshed client at 10.244.1.9
   kubectl warren why -n default 10.244.1.9 service-b:8080`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var req *explain.Request
 			if path != "" || method != "" || len(headers) > 0 {
-				return fmt.Errorf("%s", L7Unavailable)
+				req = &explain.Request{Method: method, Path: path, Header: http.Header{}}
+				if req.Method == "" {
+					req.Method = http.MethodGet
+				}
+				if req.Path == "" {
+					req.Path = "/"
+				}
+				if !strings.HasPrefix(req.Path, "/") {
+					return fmt.Errorf("--path %q must start with / (e.g. --path /foo/bar)", path)
+				}
+				for _, h := range headers {
+					k, v, ok := strings.Cut(h, "=")
+					if !ok || k == "" {
+						return fmt.Errorf("--header %q: write K=V (e.g. --header x-user=alice)", h)
+					}
+					req.Header.Add(k, v)
+				}
 			}
 			ctx := cmd.Context()
 			if err := e.connect(); err != nil {
@@ -156,7 +174,7 @@ Names are NAME in -n's namespace, or NAMESPACE/NAME.`,
 				return fmt.Errorf("destination port %q is not a port number (write DEST:PORT, e.g. service-b:8080)", portStr)
 			}
 			cache := map[string]*explain.Config{}
-			out, err := e.why(ctx, cache, args[0], dstName, uint16(port))
+			out, err := e.why(ctx, cache, args[0], dstName, uint16(port), req)
 			if err != nil {
 				return err
 			}
@@ -205,7 +223,15 @@ func (e *env) source(ctx context.Context, s string) (source, error) {
 	return src, nil
 }
 
-func (e *env) why(ctx context.Context, cache map[string]*explain.Config, srcArg, dstArg string, port uint16) ([]explain.Decision, error) {
+func (e *env) why(ctx context.Context, cache map[string]*explain.Config, srcArg, dstArg string, port uint16, req *explain.Request) ([]explain.Decision, error) {
+	decide := func(c *explain.Config, s explain.Source, w *nodeconfig.Workload, p uint16, svc string, svcPort uint16) (explain.Decision, error) {
+		if req == nil {
+			return c.Why(s, w, p)
+		}
+		r := *req
+		r.Service, r.ServicePort = svc, svcPort
+		return c.WhyRequest(s, w, p, r)
+	}
 	src, err := e.source(ctx, srcArg)
 	if err != nil {
 		return nil, err
@@ -249,7 +275,7 @@ func (e *env) why(ctx context.Context, cache map[string]*explain.Config, srcArg,
 				return nil, err
 			}
 			w := c.Workload(t.Workload.GetUid(), t.Workload.GetNamespace(), t.Workload.GetName())
-			d, err := c.Why(s, w, t.Port)
+			d, err := decide(c, s, w, t.Port, ns+"/"+name, port)
 			if err != nil {
 				return nil, err
 			}
@@ -278,7 +304,7 @@ func (e *env) why(ctx context.Context, cache map[string]*explain.Config, srcArg,
 	if err != nil {
 		return nil, err
 	}
-	d, err := c.Why(s, w, port)
+	d, err := decide(c, s, w, port, "", 0)
 	if err != nil {
 		return nil, err
 	}

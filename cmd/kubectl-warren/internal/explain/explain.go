@@ -119,6 +119,9 @@ type Decision struct {
 	Checks []Check `json:"checks,omitempty"`
 	// Waypoint is the waypoint the destination uses, which enforces these rules for it.
 	Waypoint string `json:"waypoint,omitempty"`
+	// Request and Route are set for an L7 explanation: the request and the route it matched.
+	Request string `json:"request,omitempty"`
+	Route   string `json:"route,omitempty"`
 }
 
 // Check is one authorization considered.

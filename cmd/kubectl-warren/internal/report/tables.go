@@ -70,6 +70,10 @@ func WhyTable(w io.Writer, ds []explain.Decision) {
 			dst += " via service " + d.Service
 		}
 		row(w, "DESTINATION:", dst)
+		if d.Request != "" {
+			row(w, "REQUEST:", d.Request)
+			row(w, "ROUTE:", d.Route)
+		}
 		row(w, "DECISION:", strings.ToUpper(d.Verdict))
 		row(w, "DECIDED BY:", d.PolicyKind+" "+d.Policy)
 		server := d.Server
