@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 The brief names golang.org/x/net/http2 (h2c on inner HBONE streams); net/http's own HTTP/2 cannot serve or dial pre-established unencrypted connections the same way.
+
 package waypoint
 
 import (
@@ -329,16 +331,16 @@ func (w *Waypoint) serveInner(ctx context.Context, in net.Conn, info *streamInfo
 			BaseConfig: w.h1,
 			Handler:    w.h1.Handler,
 		})
-		ic.Close()
 	} else {
 		ln := &oneConnListener{c: ic}
 		_ = w.h1.Serve(ln)
 		<-ic.done
 	}
-	stop()
-	a.Close()
-	in.Close()
+	// The server is done: closing its end lets the server -> client pump deliver what is left
+	// (a 400, a GOAWAY) and then close the stream, which ends the other pump.
+	ic.Close()
 	wg.Wait()
+	stop()
 }
 
 // oneConnListener hands out one connection, then blocks until it is finished.

@@ -1,3 +1,5 @@
+//lint:file-ignore SA1019 The brief names golang.org/x/net/http2 (h2c on inner HBONE streams); net/http's own HTTP/2 cannot serve or dial pre-established unencrypted connections the same way.
+
 // Package waypoint is Warren's shared L7 proxy: it accepts HBONE streams that source ztunnels send
 // to it for destinations bound with warren.dev/use-waypoint, finds the destination (a Service VIP
 // or a pod), detects or looks up the protocol, and then either relays opaque TCP after an L4
