@@ -42,9 +42,15 @@ const (
 
 // HTTP/2 settings, matching Istio ztunnel's defaults (HTTP2_* env vars).
 const (
-	streamWindow     = 4 << 20  // per-stream receive window
-	connWindow       = 16 << 20 // per-connection receive window
-	maxFrameSize     = 1 << 20  // largest DATA frame we accept
+	streamWindow = 4 << 20  // per-stream receive window
+	connWindow   = 16 << 20 // per-connection receive window
+	maxFrameSize = 1 << 20  // largest DATA frame the client accepts
+	// serverMaxFrame is the largest frame the server accepts (SETTINGS_MAX_FRAME_SIZE). The x/net
+	// client holds a scratch buffer of min(this, 512 KiB) for every stream whose request body is
+	// open, idle or not: at 1 MiB that was 512 KiB per idle proxied connection. 64 KiB - 9 makes
+	// a full DATA frame with its 9-byte header exactly four 16 KiB TLS records, gathered into one
+	// write(2) by batchedTLS.
+	serverMaxFrame   = 64<<10 - 9
 	maxHeaderBytes   = 16 << 10 // SETTINGS_MAX_HEADER_LIST_SIZE (roughly)
 	defaultMaxStream = 1000     // advertised SETTINGS_MAX_CONCURRENT_STREAMS
 )

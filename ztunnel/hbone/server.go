@@ -90,7 +90,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	s.h2 = &http2.Server{
 		MaxConcurrentStreams:         cfg.MaxStreams,
-		MaxReadFrameSize:             maxFrameSize,
+		MaxReadFrameSize:             serverMaxFrame,
 		MaxUploadBufferPerConnection: connWindow,
 		MaxUploadBufferPerStream:     streamWindow,
 	}
