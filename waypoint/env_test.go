@@ -168,7 +168,7 @@ func testSnapshot(n [3]byte) *nodeconfig.Snapshot {
 					{Matches: []*nodeconfig.RouteMatch{prefix("/split")}, Backends: []*nodeconfig.RouteBackend{backend("web", 80, 1), backend("web-v2", 80, 3)}},
 					{Matches: []*nodeconfig.RouteMatch{prefix("/old")}, Filters: []*nodeconfig.RouteFilter{{Filter: &nodeconfig.RouteFilter_RequestRedirect{RequestRedirect: &nodeconfig.RequestRedirect{
 						Path: &nodeconfig.PathModifier{Modifier: &nodeconfig.PathModifier_ReplacePrefixMatch{ReplacePrefixMatch: "/new"}}, StatusCode: 301,
-					}}}}, Backends: webBackend},
+					}}}}}, // a redirect rule needs no backend
 					{Matches: []*nodeconfig.RouteMatch{prefix("/hdr")}, Filters: []*nodeconfig.RouteFilter{
 						{Filter: &nodeconfig.RouteFilter_RequestHeaderModifier{RequestHeaderModifier: &nodeconfig.HeaderModifier{
 							Set: []*nodeconfig.Header{{Name: "X-Test", Value: "yes"}}, Remove: []string{"X-Drop"},
@@ -182,6 +182,7 @@ func testSnapshot(n [3]byte) *nodeconfig.Snapshot {
 					}, Backends: webBackend},
 					{Matches: []*nodeconfig.RouteMatch{prefix("/slow")}, TimeoutMs: 200, Backends: webBackend},
 					{Matches: []*nodeconfig.RouteMatch{prefix("/flaky")}, Retry: &nodeconfig.RouteRetry{Attempts: 2, Codes: []uint32{503}, BackoffMs: 1}, Backends: webBackend},
+					{Matches: []*nodeconfig.RouteMatch{prefix("/unresolved")}, Backends: []*nodeconfig.RouteBackend{{Port: 80, Weight: 1}}},
 					{Matches: []*nodeconfig.RouteMatch{prefix("/")}, Backends: webBackend},
 				}},
 			{Name: "health-check", Namespace: "default", Kind: nodeconfig.RouteKind_ROUTE_KIND_GRPC, Parents: serviceParent("greeter", 9000), CreationTime: 4,
@@ -211,17 +212,40 @@ type env struct {
 	peers map[string]int // SPIFFE IDs seen by the destination ztunnels
 	conns map[string]*hbone.ClientConn
 	svids map[string]*x509svid.SVID // client certificates, by SPIFFE ID
+	mesh  *ztunneltest.Mesh         // with envOptions.ztunnels
+	nodes []*ztunneltest.Node
 }
 
 type envOptions struct {
 	readHeaderTimeout time.Duration
 	seed              uint64
+	// ztunnels runs real ztunnels (ztunneltest) instead of the stand-ins: node-0 with the
+	// clients client-a and client-c, node-1 with every other pod.
+	ztunnels bool
 }
+
+// Client pods of the ztunnels option.
+const (
+	hostClientA = 20
+	hostClientC = 21
+)
 
 func newEnv(tb testing.TB, opt envOptions) *env {
 	tb.Helper()
 	e := &env{net: ztunneltest.RandomNet(), ca: catest.New(tb, td), security: &syncBuffer{}, peers: map[string]int{}, conns: map[string]*hbone.ClientConn{}}
 	snap := testSnapshot(e.net)
+	if opt.ztunnels {
+		for _, c := range []struct {
+			name, sa string
+			host     byte
+		}{{"client-a", "service-a", hostClientA}, {"client-c", "service-c", hostClientC}} {
+			snap.Workloads = append(snap.Workloads, &nodeconfig.Workload{
+				Uid: "uid-" + c.name, Name: c.name, Namespace: "default", ServiceAccount: c.sa,
+				Addresses: []string{e.ip(c.host).String()}, Node: "node-0", Ready: true,
+				TunnelProtocol: nodeconfig.TunnelProtocol_TUNNEL_PROTOCOL_HBONE,
+			})
+		}
+	}
 	view, err := state.Build(snap)
 	if err != nil {
 		tb.Fatalf("state.Build: %v", err)
@@ -241,6 +265,9 @@ func newEnv(tb testing.TB, opt envOptions) *env {
 		e.mu.Unlock()
 		cancel()
 		wg.Wait()
+		for _, n := range e.nodes { // after the waypoint, whose pooled streams they would wait for
+			n.Stop()
+		}
 	})
 
 	// Apps and their destination ztunnels.
@@ -249,7 +276,23 @@ func newEnv(tb testing.TB, opt envOptions) *env {
 		if w.GetName() != "down-0" {
 			e.startApp(tb, ctx, &wg, w.GetName(), ip)
 		}
-		e.startZtunnel(tb, ctx, &wg, w, ip)
+		if !opt.ztunnels {
+			e.startZtunnel(tb, ctx, &wg, w, ip)
+		}
+	}
+	if opt.ztunnels {
+		mesh, err := ztunneltest.New(ztunneltest.Config{Snapshot: snap, Signer: e.ca, Bundle: e.ca.Bundle()})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		e.mesh = mesh
+		for _, node := range []string{"node-0", "node-1"} {
+			n, err := mesh.StartNode(node, ztunneltest.Logs{})
+			if err != nil {
+				tb.Fatalf("start ztunnel %s: %v", node, err)
+			}
+			e.nodes = append(e.nodes, n)
+		}
 	}
 
 	ln, err := net.Listen("tcp", netip.AddrPortFrom(e.ip(hostWaypoint), 15008).String())
@@ -289,6 +332,17 @@ func newEnv(tb testing.TB, opt envOptions) *env {
 		}
 	}()
 	return e
+}
+
+// viaZtunnel is an HTTP/1.1 client in client pod host whose connections go through its real
+// ztunnel (as the eBPF redirect would send them).
+func (e *env) viaZtunnel(host byte, dst string) *http.Client {
+	return &http.Client{
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return e.mesh.DialFrom(e.ip(host), netip.MustParseAddrPort(dst))
+		}, DisableKeepAlives: true}, // nothing stays open to delay the shutdown
+		Timeout: 10 * time.Second,
+	}
 }
 
 func (e *env) ip(host byte) netip.Addr { return ztunneltest.IP(e.net, host) }

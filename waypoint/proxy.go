@@ -81,12 +81,16 @@ func (w *Waypoint) route(rw *statusWriter, r *http.Request, f *forward) {
 		f.retry = m.Rule.GetRetry()
 		f.backendTimeout = time.Duration(m.Rule.GetBackendTimeoutMs()) * time.Millisecond
 		if len(m.Rule.GetBackends()) > 0 || d.server == nil {
-			// Service parents need backends (Gateway API: none answers 500); Server parents
-			// (inbound, Linkerd style) forward to the pod when the rule names none.
+			// Service parents need backends (Gateway API: none answers 500) unless the rule
+			// redirects; Server parents (inbound, Linkerd style) forward to the pod when the rule
+			// names none.
 			f.backend = m.PickBackend(w.rand())
-			if f.backend == nil || f.backend.GetService() == "" {
+			if (f.backend == nil || f.backend.GetService() == "") && !m.Redirects() {
 				w.fail(rw, f, http.StatusInternalServerError, grpcInternal, "waypoint: route rule has no usable backend")
 				return
+			}
+			if f.backend != nil && f.backend.GetService() == "" {
+				f.backend = nil
 			}
 		}
 	} else if c.routes.HasRoutes(d.parent, nodeconfig.RouteKind_ROUTE_KIND_UNSPECIFIED) {

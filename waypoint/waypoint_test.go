@@ -148,6 +148,9 @@ func TestTimeoutRetryAndFailures(t *testing.T) {
 	if code, _, _ := get(t, web, "GET", "/slow", nil); code != http.StatusGatewayTimeout {
 		t.Errorf("GET /slow = %d, want 504", code)
 	}
+	if code, _, _ := get(t, web, "GET", "/unresolved", nil); code != http.StatusInternalServerError {
+		t.Errorf("GET /unresolved (backendRef not resolved) = %d, want 500", code)
+	}
 	if code, _, _ := get(t, web, "GET", "/flaky", nil); code != 200 {
 		t.Errorf("GET /flaky = %d, want 200 after a retry", code)
 	}
