@@ -222,6 +222,8 @@ type envOptions struct {
 	// ztunnels runs real ztunnels (ztunneltest) instead of the stand-ins: node-0 with the
 	// clients client-a and client-c, node-1 with every other pod.
 	ztunnels bool
+	// mutate, when set, changes the snapshot before the waypoint starts.
+	mutate func(*nodeconfig.Snapshot)
 }
 
 // Client pods of the ztunnels option.
@@ -245,6 +247,9 @@ func newEnv(tb testing.TB, opt envOptions) *env {
 				TunnelProtocol: nodeconfig.TunnelProtocol_TUNNEL_PROTOCOL_HBONE,
 			})
 		}
+	}
+	if opt.mutate != nil {
+		opt.mutate(snap)
 	}
 	view, err := state.Build(snap)
 	if err != nil {

@@ -57,6 +57,7 @@ func newUpstream(w *Waypoint) *upstream {
 		DisableCompression: true,
 		MaxHeaderListSize:  uint32(w.cfg.MaxHeaderBytes),
 		ReadIdleTimeout:    30 * time.Second,
+		IdleConnTimeout:    90 * time.Second,
 	}
 	return u
 }
