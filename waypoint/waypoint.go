@@ -270,7 +270,12 @@ func (w *Waypoint) Run(ctx context.Context) error {
 	var err error
 	select {
 	case <-ctx.Done():
+		// Idle HTTP/1.1 client connections close now, requests in flight finish; HBONE sends
+		// GOAWAY and waits for its streams (hbone.ServerConfig.ShutdownTimeout).
+		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		go func() { _ = w.h1.Shutdown(sctx) }()
 		err = <-hbDone
+		cancel()
 	case err = <-hbDone:
 	case err = <-errc:
 	}
