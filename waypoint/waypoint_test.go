@@ -407,8 +407,22 @@ func TestNewErrors(t *testing.T) {
 	}
 }
 
+// BenchmarkRequest is one GET through the waypoint (client -> HBONE -> waypoint -> HBONE ->
+// stand-in ztunnel -> app, all in this process), next to the same GET straight to the app.
 func BenchmarkRequest(b *testing.B) {
 	e := newEnv(b, envOptions{})
+	b.Run("direct-baseline", func(b *testing.B) {
+		c := &http.Client{}
+		b.ReportAllocs()
+		for b.Loop() {
+			res, err := c.Get("http://" + e.addr(hostWeb0, 8080) + "/")
+			if err != nil {
+				b.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, res.Body)
+			res.Body.Close()
+		}
+	})
 	for _, ck := range clientKinds {
 		b.Run(ck.name, func(b *testing.B) {
 			c := ck.new(e, b, idA, e.addr(vipWeb, 80))
