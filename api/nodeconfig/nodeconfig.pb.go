@@ -550,7 +550,11 @@ type Workload struct {
 	// Ready mirrors the pod's Ready condition; only ready endpoints receive new connections.
 	Ready bool `protobuf:"varint,12,opt,name=ready,proto3" json:"ready,omitempty"`
 	// ProbePorts are the ports kubelet probes; probes from the node are always allowed on them.
-	ProbePorts    []uint32 `protobuf:"varint,13,rep,packed,name=probe_ports,json=probePorts,proto3" json:"probe_ports,omitempty"`
+	ProbePorts []uint32 `protobuf:"varint,13,rep,packed,name=probe_ports,json=probePorts,proto3" json:"probe_ports,omitempty"`
+	// WaypointProxy is set on a waypoint's own pods (label gateway.networking.k8s.io/gateway-name
+	// of a warren-waypoint Gateway): they speak HBONE themselves (tunnel_protocol HBONE), so a
+	// ztunnel must never capture or enroll them.
+	WaypointProxy bool `protobuf:"varint,14,opt,name=waypoint_proxy,json=waypointProxy,proto3" json:"waypoint_proxy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -674,6 +678,13 @@ func (x *Workload) GetProbePorts() []uint32 {
 		return x.ProbePorts
 	}
 	return nil
+}
+
+func (x *Workload) GetWaypointProxy() bool {
+	if x != nil {
+		return x.WaypointProxy
+	}
+	return false
 }
 
 type WorkloadPort struct {
@@ -2440,7 +2451,7 @@ const file_nodeconfig_proto_rawDesc = "" +
 	"\x06routes\x18\b \x03(\v2\x1b.warren.nodeconfig.v1.RouteR\x06routes\"\x94\x01\n" +
 	"\fMeshDefaults\x12Y\n" +
 	"\x16default_inbound_policy\x18\x01 \x01(\x0e2#.warren.nodeconfig.v1.DefaultPolicyR\x14defaultInboundPolicy\x12)\n" +
-	"\x10cluster_networks\x18\x02 \x03(\tR\x0fclusterNetworks\"\xa0\x04\n" +
+	"\x10cluster_networks\x18\x02 \x03(\tR\x0fclusterNetworks\"\xc7\x04\n" +
 	"\bWorkload\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1c\n" +
@@ -2456,7 +2467,8 @@ const file_nodeconfig_proto_rawDesc = "" +
 	"\aservers\x18\v \x03(\tR\aservers\x12\x14\n" +
 	"\x05ready\x18\f \x01(\bR\x05ready\x12\x1f\n" +
 	"\vprobe_ports\x18\r \x03(\rR\n" +
-	"probePorts\"|\n" +
+	"probePorts\x12%\n" +
+	"\x0ewaypoint_proxy\x18\x0e \x01(\bR\rwaypointProxy\"|\n" +
 	"\fWorkloadPort\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x12D\n" +

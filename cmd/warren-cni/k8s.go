@@ -28,8 +28,9 @@ func membershipFromAPI(ctx context.Context, kubeconfig, ns, name string) (member
 	return decide(ctx, cs, ns, name)
 }
 
-// decide reads the pod and its namespace: the pod's dataplane-mode label wins, else the
-// namespace's (as warren-controller decides).
+// decide reads the pod and its namespace: a Gateway's pod (label
+// gateway.networking.k8s.io/gateway-name, such as a waypoint) is never meshed; otherwise the pod's
+// dataplane-mode label wins, else the namespace's (as warren-controller decides).
 func decide(ctx context.Context, cs kubernetes.Interface, ns, name string) (membership, error) {
 	pod, err := cs.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
@@ -38,6 +39,11 @@ func decide(ctx context.Context, cs kubernetes.Interface, ns, name string) (memb
 	sa := pod.Spec.ServiceAccountName
 	if sa == "" {
 		sa = "default"
+	}
+	if _, ok := pod.Labels[labelGatewayName]; ok {
+		// A Gateway's own pod: a warren waypoint speaks HBONE itself, and another
+		// implementation's gateway is not ours to capture.
+		return membership{}, nil
 	}
 	switch pod.Labels[labelDataplaneMode] {
 	case modeNone:

@@ -13,7 +13,8 @@
 //
 // ADD records the pod (uid, netns, addresses from prevResult) in stateDir, so that the node agent
 // can find it later (restart, namespace labelled later), and decides whether the pod is meshed:
-// with "kubeconfig", by reading the Pod and its Namespace from the API server (label
+// with "kubeconfig", by reading the Pod and its Namespace from the API server (a Gateway's pod,
+// label gateway.networking.k8s.io/gateway-name, such as a waypoint, never is; otherwise label
 // warren.dev/dataplane-mode: the pod's "none" or "ambient" wins, else the namespace's
 // "ambient"), with the Pod's service account as its identity. Without "kubeconfig", every pod is
 // meshed if "enrollAll" is true and none otherwise; the node agent then takes the identity from the
@@ -47,6 +48,9 @@ const (
 	labelDataplaneMode = "warren.dev/dataplane-mode"
 	modeAmbient        = "ambient"
 	modeNone           = "none"
+	// labelGatewayName marks a Gateway's pods (gatewayv1.GatewayNameLabelKey); they are never
+	// enrolled: a waypoint speaks HBONE itself.
+	labelGatewayName = "gateway.networking.k8s.io/gateway-name"
 )
 
 // callTimeout bounds one call to the node agent (an enrollment fetches a certificate).

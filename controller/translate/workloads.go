@@ -158,6 +158,16 @@ func (t *translator) translatePods() {
 			continue // not started yet: nothing can reach it
 		}
 		p := &podInfo{pod: pod, member: t.isMember(pod), terminating: pod.DeletionTimestamp != nil}
+		// A Gateway's own pods are never captured. A warren waypoint speaks HBONE itself, in
+		// any namespace: its workload is HBONE and marked waypoint_proxy, so no ztunnel enrolls
+		// it. Another implementation's gateway stays out of the mesh, as warren-cni leaves every
+		// pod with the label alone.
+		gwProxy := false
+		if gw, ok := pod.Labels[gatewayv1.GatewayNameLabelKey]; ok {
+			g := t.gateways[nsName{pod.Namespace, gw}]
+			gwProxy = g != nil && g.Spec.GatewayClassName == WaypointClassName
+			p.member = gwProxy
+		}
 		sa := pod.Spec.ServiceAccountName
 		if sa == "" {
 			sa = "default"
@@ -178,6 +188,7 @@ func (t *translator) translatePods() {
 			p.w.ProbePorts = probePorts(pod)
 			p.w.DefaultInboundPolicy = t.podDefaultPolicy(pod)
 			p.w.Waypoint = t.podWaypoint(pod)
+			p.w.WaypointProxy = gwProxy
 			t.members[pod.Namespace] = append(t.members[pod.Namespace], p)
 		}
 		t.pods = append(t.pods, p)

@@ -276,7 +276,27 @@ func (a *Agent) Add(req protocol.Request) error {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.waypointProxy(req.PodUID) {
+		a.log.Info("pod is a waypoint, which speaks HBONE itself; not enrolled", "pod", req.PodNamespace+"/"+req.PodName, "uid", req.PodUID)
+		return nil
+	}
 	return a.addLocked(req, "cni")
+}
+
+// waypointProxy reports whether the node config says the pod is a waypoint's own (never
+// captured).
+func (a *Agent) waypointProxy(uid string) bool {
+	if a.cfg.Store == nil {
+		return false
+	}
+	v := a.cfg.Store.Load()
+	return v != nil && v.WorkloadByUID(uid).GetWaypointProxy()
+}
+
+// enrollable reports whether a workload of the config is one the node agent captures: an HBONE
+// workload that is not a waypoint's own pod.
+func enrollable(w *nodeconfig.Workload) bool {
+	return w.GetTunnelProtocol() == nodeconfig.TunnelProtocol_TUNNEL_PROTOCOL_HBONE && !w.GetWaypointProxy()
 }
 
 func (a *Agent) addLocked(req protocol.Request, via string) error {
@@ -390,7 +410,7 @@ func (a *Agent) Reconcile(v *state.View) {
 	for uid, e := range a.pods {
 		w := v.WorkloadByUID(uid)
 		gone := w == nil && e.inConfig // the controller leaves non-member pods out
-		if gone || w != nil && w.GetTunnelProtocol() != nodeconfig.TunnelProtocol_TUNNEL_PROTOCOL_HBONE {
+		if gone || w != nil && !enrollable(w) {
 			if err := a.removeLocked(uid, "not in the mesh any more"); err != nil {
 				a.log.Error("un-enroll pod", "uid", uid, "error", err)
 			}
@@ -398,7 +418,7 @@ func (a *Agent) Reconcile(v *state.View) {
 	}
 	for _, w := range v.LocalWorkloads(a.cfg.Node) {
 		uid := w.GetUid()
-		if w.GetTunnelProtocol() != nodeconfig.TunnelProtocol_TUNNEL_PROTOCOL_HBONE || a.pods[uid] != nil {
+		if !enrollable(w) || a.pods[uid] != nil {
 			continue
 		}
 		name := w.GetNamespace() + "/" + w.GetName()
@@ -423,12 +443,12 @@ func (a *Agent) Reconcile(v *state.View) {
 		}
 	}
 	for uid := range a.unknown {
-		if w := v.WorkloadByUID(uid); w == nil || w.GetTunnelProtocol() != nodeconfig.TunnelProtocol_TUNNEL_PROTOCOL_HBONE {
+		if w := v.WorkloadByUID(uid); w == nil || !enrollable(w) {
 			delete(a.unknown, uid)
 		}
 	}
 	for uid, e := range a.pods {
-		if w := v.WorkloadByUID(uid); w != nil && w.GetTunnelProtocol() == nodeconfig.TunnelProtocol_TUNNEL_PROTOCOL_HBONE {
+		if w := v.WorkloadByUID(uid); w != nil && enrollable(w) {
 			e.inConfig = true
 		}
 	}

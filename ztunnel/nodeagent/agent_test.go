@@ -255,3 +255,48 @@ func TestReconcile(t *testing.T) {
 }
 
 func waitABit() { <-time.After(10 * time.Millisecond) }
+
+// TestWaypointPodsNotEnrolled: a waypoint's own pod (waypoint_proxy) speaks HBONE itself and is
+// never enrolled, neither from the config nor by a CNI add; a pod that becomes one is un-enrolled.
+func TestWaypointPodsNotEnrolled(t *testing.T) {
+	wl := func(uid, ip string, waypoint bool) *nodeconfig.Workload {
+		return &nodeconfig.Workload{
+			Uid: uid, Name: uid, Namespace: "ns", ServiceAccount: uid, Addresses: []string{ip}, Node: "n1",
+			TunnelProtocol: nodeconfig.TunnelProtocol_TUNNEL_PROTOCOL_HBONE, WaypointProxy: waypoint,
+		}
+	}
+	build := func(ws ...*nodeconfig.Workload) *state.View {
+		v, err := state.Build(&nodeconfig.Snapshot{Version: "v", Workloads: ws})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	known := func(uid string) (string, bool) { return "/run/netns/" + uid, true }
+	store := state.NewStore(build(wl("app", "10.0.0.1", false), wl("waypoint", "10.0.0.2", true)))
+	a, f := start(t, store, known)
+	wait := func(want ...string) {
+		t.Helper()
+		for range 500 {
+			if uids, _ := f.state(); slices.Equal(uids, want) {
+				return
+			}
+			waitABit()
+		}
+		uids, _ := f.state()
+		t.Fatalf("enrolled = %v, want %v", uids, want)
+	}
+	wait("app")
+	// The CNI asks anyway (an old plugin, or no kubeconfig): answered ok, not enrolled.
+	if err := a.Add(addReq("waypoint", "/run/netns/waypoint")); err != nil {
+		t.Fatalf("Add(waypoint) = %v, want nil", err)
+	}
+	if uids, cookies := f.state(); !slices.Equal(uids, []string{"app"}) || cookies != 1 {
+		t.Fatalf("after Add(waypoint): enrolled %v with %d cookies, want [app] and 1", uids, cookies)
+	}
+	// app turns out to be a waypoint's pod: un-enrolled, and not enrolled again.
+	store.Swap(build(wl("app", "10.0.0.1", true), wl("waypoint", "10.0.0.2", true)))
+	wait()
+	store.Swap(build(wl("app", "10.0.0.1", true), wl("waypoint", "10.0.0.2", true), wl("other", "10.0.0.3", false)))
+	wait("other")
+}
