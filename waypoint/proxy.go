@@ -58,6 +58,11 @@ func (w *Waypoint) serveHTTP(rw http.ResponseWriter, r *http.Request) {
 	info, _ := r.Context().Value(infoKey{}).(*streamInfo)
 	sw := &statusWriter{ResponseWriter: rw}
 	f := &forward{info: info, grpc: isGRPC(r)}
+	if err := normalizePath(r); err != nil {
+		w.fail(sw, f, http.StatusBadRequest, grpcInternal, "waypoint: "+err.Error())
+		w.tel.request(f, sw.status(), time.Since(start))
+		return
+	}
 	w.route(sw, r, f)
 	w.tel.request(f, sw.status(), time.Since(start))
 }

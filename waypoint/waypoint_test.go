@@ -48,14 +48,18 @@ func TestArticle(t *testing.T) {
 				{"POST from a", idA, "POST", "/foo/bar", 403},
 				{"GET from c", idC, "GET", "/foo/bar", 403},
 				{"unrouted path", idA, "GET", "/other", 404},
+				// Dot segments are removed before routing and authorization, and the app gets
+				// the path that was decided on; escaped separators are refused.
+				{"dot segments", idA, "GET", "/other/../foo/./bar", 200},
+				{"escaped slash", idA, "GET", "/foo%2Fbar", 400},
 			}
 			for _, tt := range tests {
 				code, ec, _ := get(t, ck.new(e, t, tt.id, b0), tt.method, tt.path, nil)
 				if code != tt.want {
 					t.Errorf("%s: %s %s = %d, want %d", tt.name, tt.method, tt.path, code, tt.want)
 				}
-				if code == 200 && ec.Pod != "b-0" {
-					t.Errorf("%s: answered by %q, want b-0", tt.name, ec.Pod)
+				if code == 200 && (ec.Pod != "b-0" || ec.Path != "/foo/bar") {
+					t.Errorf("%s: answered by %q for path %q, want b-0 for /foo/bar", tt.name, ec.Pod, ec.Path)
 				}
 			}
 		})
