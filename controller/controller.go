@@ -1,8 +1,12 @@
 // Package controller is Warren's control plane: a controller-runtime manager that watches
 // Namespaces, Pods, Services, EndpointSlices, ServiceAccounts, the policy.warren.dev CRDs, and
-// Gateway API HTTPRoutes, GRPCRoutes and Gateways; translates them (controller/translate) into
-// the node config on every change; pushes it to every ztunnel and waypoint over the config push
-// stream (controller/push); and writes Accepted/ResolvedRefs conditions on the policy resources.
+// Gateway API HTTPRoutes, GRPCRoutes, ReferenceGrants and Gateways; translates them
+// (controller/translate) into the node config on every change; pushes it to every ztunnel and
+// waypoint over the config push stream (controller/push); and writes Accepted/ResolvedRefs
+// conditions on the policy resources and status.parents on the routes. It also deploys the
+// waypoint of every Gateway of class warren-waypoint (ServiceAccount, Deployment, Service and
+// root ConfigMap, owned by the Gateway), writes the Gateway's address and Accepted/Programmed
+// conditions, and accepts GatewayClasses whose controllerName is warren.dev/waypoint-controller.
 //
 // cmd/warren-controller imports it; nothing else should.
 package controller
@@ -67,6 +71,8 @@ type Config struct {
 	CAAddr    string
 	CATLS     *tls.Config
 	CAService kubeca.ServiceConfig
+	// Waypoints says how the waypoint of each Gateway of class warren-waypoint is deployed.
+	Waypoints WaypointConfig
 	// Registry receives the controller's metrics.
 	Registry *prometheus.Registry
 	Log      *slog.Logger
@@ -82,6 +88,16 @@ type Controller struct {
 	caGRPC *grpc.Server
 	caLn   net.Listener
 	rec    *meshReconciler
+	// isWaypoint answers from the cache whether a ServiceAccount is a waypoint Gateway's.
+	isWaypoint func(ctx context.Context, account string) (bool, error)
+}
+
+// IsWaypoint reports whether ServiceAccount account ("namespace/name") is a waypoint's: Gateway
+// <namespace>/<name> of class warren-waypoint exists (the controller runs it as that account).
+// The CSR service uses it unless CAService.IsWaypoint is set; TokenReviewer.IsWaypoint should be
+// set to it, so waypoints may subscribe to config. It answers once the manager's cache started.
+func (c *Controller) IsWaypoint(ctx context.Context, account string) (bool, error) {
+	return c.isWaypoint(ctx, account)
 }
 
 // Scheme returns the scheme of every kind the controller reads.
@@ -128,6 +144,15 @@ func New(cfg Config) (*Controller, error) {
 	if err := registerWatches(mgr, rec); err != nil {
 		return nil, fmt.Errorf("new controller: %w", err)
 	}
+	td := cfg.TrustDomain
+	if td == "" {
+		td = nodeconfig.DefaultTrustDomain
+	}
+	wr := &waypointReconciler{c: mgr.GetClient(), scheme: scheme, cfg: cfg.Waypoints, td: td, bundle: bundleFunc(cfg.CA),
+		classes: &gatewayClassReconciler{c: mgr.GetClient()}}
+	if err := registerWaypoints(mgr, wr); err != nil {
+		return nil, fmt.Errorf("new controller: %w", err)
+	}
 	ln, err := net.Listen("tcp", cfg.PushAddr)
 	if err != nil {
 		return nil, fmt.Errorf("new controller: listen for config push on %s: %w", cfg.PushAddr, err)
@@ -141,7 +166,7 @@ func New(cfg Config) (*Controller, error) {
 	}
 	g := grpc.NewServer(opts...)
 	ps.Register(g)
-	c := &Controller{cfg: cfg, mgr: mgr, push: ps, grpc: g, pushLn: ln, rec: rec}
+	c := &Controller{cfg: cfg, mgr: mgr, push: ps, grpc: g, pushLn: ln, rec: rec, isWaypoint: kubeca.WaypointGateways(mgr.GetClient())}
 	if cfg.CA != nil {
 		if err := c.newCAService(scheme); err != nil {
 			ln.Close()
@@ -162,6 +187,9 @@ func (c *Controller) newCAService(scheme *runtime.Scheme) error {
 	}
 	sc := c.cfg.CAService
 	sc.CA, sc.Reader, sc.Reviewer = c.cfg.CA, c.mgr.GetClient(), direct
+	if sc.IsWaypoint == nil {
+		sc.IsWaypoint = c.isWaypoint
+	}
 	sc.Log, sc.Registerer = c.cfg.Log.With("component", "ca"), c.cfg.Registry
 	svc, err := kubeca.NewService(sc)
 	if err != nil {
@@ -232,6 +260,7 @@ func registerWatches(mgr manager.Manager, rec *meshReconciler) error {
 		&corev1.Namespace{}, &corev1.Pod{}, &corev1.Service{}, &discoveryv1.EndpointSlice{}, &corev1.ServiceAccount{},
 		&policyv1alpha1.Server{}, &policyv1alpha1.AuthorizationPolicy{}, &policyv1alpha1.MeshTLSAuthentication{},
 		&policyv1alpha1.NetworkAuthentication{}, &gatewayv1.HTTPRoute{}, &gatewayv1.GRPCRoute{}, &gatewayv1.Gateway{},
+		&gatewayv1.ReferenceGrant{},
 	}
 	bld := builder.ControllerManagedBy(mgr).Named("mesh")
 	for _, k := range kinds {

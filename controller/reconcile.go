@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -84,6 +85,9 @@ func (r *meshReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 	if err := r.writeStatus(ctx, out.Status); err != nil {
 		return reconcile.Result{}, err
 	}
+	if err := r.writeRouteStatus(ctx, in, out.RouteStatus); err != nil {
+		return reconcile.Result{}, err
+	}
 	return reconcile.Result{}, nil
 }
 
@@ -105,15 +109,16 @@ func (r *meshReconciler) input(ctx context.Context) (*translate.Input, error) {
 		hrs  gatewayv1.HTTPRouteList
 		grs  gatewayv1.GRPCRouteList
 		gws  gatewayv1.GatewayList
+		rgs  gatewayv1.ReferenceGrantList
 	)
-	for _, l := range []client.ObjectList{&nss, &pods, &svcs, &eps, &srvs, &aps, &mtls, &nets, &hrs, &grs, &gws} {
+	for _, l := range []client.ObjectList{&nss, &pods, &svcs, &eps, &srvs, &aps, &mtls, &nets, &hrs, &grs, &gws, &rgs} {
 		if err := r.c.List(ctx, l); err != nil {
 			return nil, fmt.Errorf("list %T: %w", l, err)
 		}
 	}
 	in.Namespaces, in.Pods, in.Services, in.EndpointSlices = nss.Items, pods.Items, svcs.Items, eps.Items
 	in.Servers, in.AuthorizationPolicies, in.MeshTLSAuthentications, in.NetworkAuthentications = srvs.Items, aps.Items, mtls.Items, nets.Items
-	in.HTTPRoutes, in.GRPCRoutes, in.Gateways = hrs.Items, grs.Items, gws.Items
+	in.HTTPRoutes, in.GRPCRoutes, in.Gateways, in.ReferenceGrants = hrs.Items, grs.Items, gws.Items, rgs.Items
 	return in, nil
 }
 
@@ -164,4 +169,66 @@ func statusObject(kind string) (client.Object, func(client.Object) *policyv1alph
 		return &policyv1alpha1.NetworkAuthentication{}, func(o client.Object) *policyv1alpha1.Status { return &o.(*policyv1alpha1.NetworkAuthentication).Status }
 	}
 	return nil, nil
+}
+
+// writeRouteStatus sets status.parents of every route: the entries of Warren's controller name
+// are replaced by the translated ones (LastTransitionTime kept while a condition's status stays),
+// entries of other controllers are kept, and a route Warren no longer has parents on loses
+// Warren's entries.
+func (r *meshReconciler) writeRouteStatus(ctx context.Context, in *translate.Input, status map[translate.ObjectRef][]gatewayv1.RouteParentStatus) error {
+	now := metav1.Now()
+	update := func(obj client.Object, cur *gatewayv1.RouteStatus, want []gatewayv1.RouteParentStatus) error {
+		next := make([]gatewayv1.RouteParentStatus, 0, len(cur.Parents)+len(want))
+		var old []gatewayv1.RouteParentStatus
+		for _, p := range cur.Parents {
+			if p.ControllerName == translate.ControllerName {
+				old = append(old, p)
+			} else {
+				next = append(next, p)
+			}
+		}
+		for _, w := range want {
+			w.Conditions = slices.Clone(w.Conditions)
+			var prev []metav1.Condition
+			for _, o := range old {
+				if equality.Semantic.DeepEqual(o.ParentRef, w.ParentRef) {
+					prev = o.Conditions
+				}
+			}
+			for i := range w.Conditions {
+				w.Conditions[i].LastTransitionTime = now
+				if p := meta.FindStatusCondition(prev, w.Conditions[i].Type); p != nil && p.Status == w.Conditions[i].Status {
+					w.Conditions[i].LastTransitionTime = p.LastTransitionTime
+				}
+			}
+			next = append(next, w)
+		}
+		if len(next) == 0 && len(cur.Parents) == 0 || equality.Semantic.DeepEqual(cur.Parents, next) {
+			return nil
+		}
+		cur.Parents = next
+		if err := r.c.Status().Update(ctx, obj); err != nil {
+			if apierrors.IsConflict(err) || apierrors.IsNotFound(err) {
+				return nil // a newer version is coming through the watch
+			}
+			return fmt.Errorf("update status of %s %s/%s: %w", obj.GetObjectKind().GroupVersionKind().Kind, obj.GetNamespace(), obj.GetName(), err)
+		}
+		r.statusWrites.Inc()
+		return nil
+	}
+	for i := range in.HTTPRoutes {
+		hr := in.HTTPRoutes[i].DeepCopy()
+		want := status[translate.ObjectRef{Kind: translate.KindHTTPRoute, Namespace: hr.Namespace, Name: hr.Name}]
+		if err := update(hr, &hr.Status.RouteStatus, want); err != nil {
+			return err
+		}
+	}
+	for i := range in.GRPCRoutes {
+		gr := in.GRPCRoutes[i].DeepCopy()
+		want := status[translate.ObjectRef{Kind: translate.KindGRPCRoute, Namespace: gr.Namespace, Name: gr.Name}]
+		if err := update(gr, &gr.Status.RouteStatus, want); err != nil {
+			return err
+		}
+	}
+	return nil
 }

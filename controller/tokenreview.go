@@ -30,6 +30,10 @@ type TokenReviewer struct {
 	// Ztunnels and Waypoints are "namespace/name" of the ServiceAccounts that may subscribe as
 	// each kind of client.
 	Ztunnels, Waypoints []string
+	// IsWaypoint, when set, decides for other accounts whether they may subscribe as a
+	// waypoint: the controller's Controller.IsWaypoint answers for the ServiceAccounts of
+	// Gateways of class warren-waypoint.
+	IsWaypoint func(ctx context.Context, account string) (bool, error)
 }
 
 // errNotAuthorized is all a refused caller learns.
@@ -56,6 +60,15 @@ func (t *TokenReviewer) Authenticate(ctx context.Context, token string) (push.Ca
 	case slices.Contains(t.Ztunnels, account):
 		caller.Kind = "ztunnel"
 	case slices.Contains(t.Waypoints, account):
+		caller.Kind = "waypoint"
+	case t.IsWaypoint != nil:
+		ok, err := t.IsWaypoint(ctx, account)
+		if err != nil {
+			return push.Caller{}, fmt.Errorf("token review: look up waypoint account %s: %w", account, err)
+		}
+		if !ok {
+			return push.Caller{}, errNotAuthorized
+		}
 		caller.Kind = "waypoint"
 	default:
 		return push.Caller{}, errNotAuthorized

@@ -101,6 +101,14 @@ type ServiceConfig struct {
 	// proxies: they may ask only for their own identity. Empty: none.
 	Waypoints []string
 
+	// IsWaypoint, when set, reports whether a ServiceAccount
+	// ("namespace/name") that is not in Ztunnels or Waypoints is a
+	// waypoint's: the controller answers from its cache of Gateways of
+	// class warren-waypoint (Gateway <ns>/<gw> runs as ServiceAccount
+	// <ns>/<gw>). Such a caller, too, may ask only for its own identity. An
+	// error refuses the request as Unavailable.
+	IsWaypoint func(ctx context.Context, account string) (bool, error)
+
 	// MaxTTL caps the lifetime a caller may ask for; the CA's own cap
 	// applies as well. Zero: only the CA's cap.
 	MaxTTL time.Duration
@@ -126,9 +134,11 @@ type Service struct {
 	audience  string
 	ztunnels  []string
 	waypoints []string
-	maxTTL    time.Duration
-	log       *slog.Logger
-	m         metrics
+	// isWaypoint is ServiceConfig.IsWaypoint; nil answers false.
+	isWaypoint func(ctx context.Context, account string) (bool, error)
+	maxTTL     time.Duration
+	log        *slog.Logger
+	m          metrics
 }
 
 // NewService validates cfg and registers the metrics.
@@ -153,15 +163,16 @@ func NewService(cfg ServiceConfig) (*Service, error) {
 		return nil, fmt.Errorf("new ca service: %w", err)
 	}
 	return &Service{
-		ca:        cfg.CA,
-		reader:    cfg.Reader,
-		reviewer:  cfg.Reviewer,
-		audience:  cmp.Or(cfg.Audience, DefaultAudience),
-		ztunnels:  slices.Clone(cfg.Ztunnels),
-		waypoints: slices.Clone(cfg.Waypoints),
-		maxTTL:    cfg.MaxTTL,
-		log:       cmp.Or(cfg.Log, slog.Default()),
-		m:         m,
+		ca:         cfg.CA,
+		reader:     cfg.Reader,
+		reviewer:   cfg.Reviewer,
+		audience:   cmp.Or(cfg.Audience, DefaultAudience),
+		ztunnels:   slices.Clone(cfg.Ztunnels),
+		waypoints:  slices.Clone(cfg.Waypoints),
+		isWaypoint: cfg.IsWaypoint,
+		maxTTL:     cfg.MaxTTL,
+		log:        cmp.Or(cfg.Log, slog.Default()),
+		m:          m,
 	}, nil
 }
 
@@ -336,6 +347,15 @@ func (s *Service) authenticate(ctx context.Context, c *caller) error {
 	case slices.Contains(s.ztunnels, c.account):
 		c.kind = "ztunnel"
 	case slices.Contains(s.waypoints, c.account):
+		c.kind = "waypoint"
+	case s.isWaypoint != nil:
+		ok, err := s.isWaypoint(ctx, c.account)
+		if err != nil {
+			return &refusal{code: codes.Unavailable, reason: reasonInternal, err: fmt.Errorf("look up waypoint account %s: %w", c.account, err)}
+		}
+		if !ok {
+			return deny(codes.PermissionDenied, reasonUntrustedAccount, fmt.Errorf("service account %s is neither a trusted ztunnel account nor a waypoint Gateway's", c.account))
+		}
 		c.kind = "waypoint"
 	default:
 		return deny(codes.PermissionDenied, reasonUntrustedAccount, fmt.Errorf("service account %s is neither a trusted ztunnel nor waypoint account", c.account))

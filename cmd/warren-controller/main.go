@@ -66,6 +66,9 @@ type options struct {
 	audience        string
 	ztunnels        string
 	waypoints       string
+	waypointImage   string
+	waypointPush    string
+	waypointCA      string
 	logLevel        string
 }
 
@@ -89,7 +92,10 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.metricsAddr, "metrics-addr", ":15014", "Prometheus metrics address")
 	fs.StringVar(&o.audience, "token-audience", "warren-ca", "audience of the ztunnels' projected ServiceAccount tokens")
 	fs.StringVar(&o.ztunnels, "ztunnel-service-accounts", "warren-system/warren-ztunnel", "comma-separated namespace/name of the ztunnels' ServiceAccounts")
-	fs.StringVar(&o.waypoints, "waypoint-service-accounts", "", "comma-separated namespace/name of ServiceAccounts that may subscribe as waypoints")
+	fs.StringVar(&o.waypoints, "waypoint-service-accounts", "", "comma-separated namespace/name of extra ServiceAccounts that may subscribe as waypoints (those of Gateways of class warren-waypoint always may)")
+	fs.StringVar(&o.waypointImage, "waypoint-image", "warren-waypoint", "container image of the waypoints the controller deploys for Gateways of class warren-waypoint")
+	fs.StringVar(&o.waypointPush, "waypoint-controller-addr", "", "config push address waypoint pods dial (default warren-controller.<namespace>.svc:<push port>)")
+	fs.StringVar(&o.waypointCA, "waypoint-ca-addr", "", "CSR service address waypoint pods dial (default warren-controller.<namespace>.svc:<ca port>)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -206,6 +212,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		serverTLS.MinVersion = tls.VersionTLS13
 	}
 	reviewer := &controller.TokenReviewer{Client: kc, Audience: o.audience, Ztunnels: splitList(o.ztunnels), Waypoints: splitList(o.waypoints)}
+	svcAddr := func(flagValue, listen string) string {
+		if flagValue != "" {
+			return flagValue
+		}
+		_, port, _ := net.SplitHostPort(listen)
+		return net.JoinHostPort(o.serviceAccount+"."+o.namespace+".svc", port)
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -225,12 +238,18 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		CAService: kubeca.ServiceConfig{
 			Audience: o.audience, Ztunnels: splitList(o.ztunnels), Waypoints: splitList(o.waypoints), MaxTTL: o.caMaxTTL,
 		},
+		Waypoints: controller.WaypointConfig{
+			Image: o.waypointImage, ControllerAddr: svcAddr(o.waypointPush, o.pushAddr), CAAddr: svcAddr(o.waypointCA, o.caAddr),
+			Audience: o.audience, ControllerIdentity: selfID.String(), Plaintext: o.plaintext,
+		},
 		Registry: reg,
 		Log:      log,
 	})
 	if err != nil {
 		return err
 	}
+	// Waypoint Gateways' accounts may subscribe as waypoints, answered from the controller's cache.
+	reviewer.IsWaypoint = c.IsWaypoint
 	if o.metricsAddr != "" {
 		ln, err := net.Listen("tcp", o.metricsAddr)
 		if err != nil {
