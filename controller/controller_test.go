@@ -78,10 +78,12 @@ func startCluster(t *testing.T) *cluster {
 		Rest:         env.Config,
 		PushAddr:     "127.0.0.1:0",
 		Authenticate: reviewer.Authenticate,
+		Waypoints:    controller.WaypointConfig{Image: "warren-waypoint:test", ControllerAddr: "warren-controller.warren-system.svc:15012", CAAddr: "warren-controller.warren-system.svc:15013"},
 		Registry:     prometheus.NewRegistry(),
 		Log:          slog.New(slog.NewJSONHandler(io.Discard, nil)),
 	})
 	must(err)
+	reviewer.IsWaypoint = ctl.IsWaypoint
 	runCtx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- ctl.Run(runCtx) }()

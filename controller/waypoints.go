@@ -85,10 +85,11 @@ func registerWaypoints(mgr manager.Manager, r *waypointReconciler) error {
 	})
 	err := builder.ControllerManagedBy(mgr).Named("waypoints").
 		For(&gatewayv1.Gateway{}, builder.WithPredicates(ours)).
+		// The Deployment and Service feed the status. The ServiceAccount and ConfigMap are
+		// repaired on the next Gateway, Deployment or Service event: watching every ConfigMap
+		// of the cluster would cost more memory than it is worth.
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.Service{}).
-		Owns(&corev1.ServiceAccount{}).
-		Owns(&corev1.ConfigMap{}).
 		Complete(r)
 	if err != nil {
 		return fmt.Errorf("waypoint controller: %w", err)

@@ -40,7 +40,7 @@ func TestDecide(t *testing.T) {
 	}{
 		{"ambient namespace", ambient, nil, membership{meshed: true, serviceAccount: "sa"}},
 		{"opted out", ambient, map[string]string{labelDataplaneMode: modeNone}, membership{}},
-		{"plain namespace", plain, nil, membership{}},
+		{"plain namespace", plain, nil, membership{serviceAccount: "sa"}},
 		{"opted in", plain, map[string]string{labelDataplaneMode: modeAmbient}, membership{meshed: true, serviceAccount: "sa"}},
 		{"waypoint in an ambient namespace", ambient, map[string]string{labelGatewayName: "waypoint"}, membership{}},
 		{"waypoint opted in", plain, map[string]string{labelGatewayName: "waypoint", labelDataplaneMode: modeAmbient}, membership{}},

@@ -573,8 +573,8 @@ func (t *translator) routeServers(ns string, parents []gatewayv1.ParentReference
 		if p.Group == nil || string(*p.Group) != groupPolicy || p.Kind == nil || string(*p.Kind) != KindServer {
 			continue
 		}
-		if p.Namespace != nil && string(*p.Namespace) != ns {
-			continue
+		if p.Namespace != nil && string(*p.Namespace) != ns || p.Port != nil || p.SectionName != nil {
+			continue // not an accepted parent (see judgeParent)
 		}
 		if cs := t.servers[nsName{ns, string(p.Name)}]; cs != nil && !slices.Contains(out, cs) {
 			out = append(out, cs)
