@@ -906,7 +906,34 @@ func TestDeterministic(t *testing.T) {
 	}
 }
 
+// TestRoutesDeterministic: routes, their status and the waypoint pods come out the same whatever
+// the order of the input.
+func TestRoutesDeterministic(t *testing.T) {
+	t.Parallel()
+	for _, file := range []string{"routes.yaml", "route-rejections.yaml", "gateway-pods.yaml"} {
+		data, err := readTestdata(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in := decodeInput(t, data)
+		want := translate.Translate(in)
+		if file != "gateway-pods.yaml" && (len(want.Mesh.GetRoutes()) == 0 || len(want.RouteStatus) == 0) {
+			t.Fatalf("%s: no routes or route status; the test would prove nothing", file)
+		}
+		rng := rand.New(rand.NewPCG(3, 4))
+		for i := range 20 {
+			shuffled := *in
+			shuffle(rng, &shuffled)
+			got := translate.Translate(&shuffled)
+			if diff := cmp.Diff(want, got, protocmp.Transform()); diff != "" {
+				t.Fatalf("%s, shuffle %d: output differs (-want +got):\n%s", file, i, diff)
+			}
+		}
+	}
+}
+
 func shuffle(rng *rand.Rand, in *translate.Input) {
+	in.ReferenceGrants = shuffled(rng, in.ReferenceGrants)
 	in.Namespaces = shuffled(rng, in.Namespaces)
 	in.Pods = shuffled(rng, in.Pods)
 	in.Services = shuffled(rng, in.Services)
