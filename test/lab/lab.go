@@ -411,7 +411,7 @@ func cleanupHost(cgroupDir, stateDir string) error {
 			errs = append(errs, fmt.Errorf("ip netns del %s: %v: %s", n, err, bytes.TrimSpace(out)))
 		}
 	}
-	errs = append(errs, removeLabPins(), removeCgroupTree(cgroupDir), removeTmpDirs(stateDir))
+	errs = append(errs, removeLabPins(), removeZtunnelLinks(), removeCgroupTree(cgroupDir), removeTmpDirs(stateDir))
 	for _, f := range []string{"pids", "tmpdirs", "lab.json", "cni"} {
 		errs = append(errs, os.RemoveAll(filepath.Join(stateDir, f)))
 	}

@@ -6,9 +6,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,6 +34,11 @@ type Ztunnel struct {
 	TokenFile, CARootFile string
 	// AdminAddr, MetricsAddr, ReadyAddr are on loopback, distinct per node.
 	AdminAddr, MetricsAddr, ReadyAddr string
+	// PodIP is the ztunnel Pod's status.podIP: 10.244.255.<i> on the lab's dummy link
+	// wrn-lab-zt<i> in the host network namespace, where the admin port also answers
+	// (ProxyAdminAddr, <PodIP>:15000) for the API server's pods/proxy.
+	PodIP          netip.Addr
+	ProxyAdminAddr string
 	// LogPath is the ztunnel's output (component, access and security logs, JSON lines).
 	LogPath string
 	// PinPath is where the ztunnel pins its eBPF redirect (--bpf-pin-path):
@@ -104,6 +113,13 @@ func (l *Lab) StartZtunnel(ctx context.Context, node string) error {
 	}
 	idx := strings.TrimPrefix(n.Short, "node")
 	z.AdminAddr, z.MetricsAddr, z.ReadyAddr = "127.0.0.1:1500"+idx, "127.0.0.1:1502"+idx, "127.0.0.1:1503"+idx
+	// The API server's pods/proxy refuses loopback: the ztunnel's Pod gets an address of its
+	// own on a dummy link the lab owns, and the admin port answers there on :15000 too.
+	podIP, err := addZtunnelLink(n)
+	if err != nil {
+		return fmt.Errorf("ztunnel %s: %w", node, err)
+	}
+	z.PodIP, z.ProxyAdminAddr = podIP, netip.AddrPortFrom(podIP, 15000).String()
 	_ = os.Remove(z.LogPath) // a fresh log per lab (RestartZtunnel appends)
 	if err := os.MkdirAll(z.PodStateDir, 0o755); err != nil {
 		return err
@@ -115,7 +131,7 @@ func (l *Lab) StartZtunnel(ctx context.Context, node string) error {
 	if err := os.WriteFile(z.CARootFile, root, 0o644); err != nil {
 		return err
 	}
-	if err := l.ztunnelToken(ctx, n, z.TokenFile); err != nil {
+	if err := l.ztunnelToken(ctx, n, z.PodIP, z.TokenFile); err != nil {
 		return err
 	}
 	z.args = []string{
@@ -123,7 +139,7 @@ func (l *Lab) StartZtunnel(ctx context.Context, node string) error {
 		"--ca-root-file", z.CARootFile, "--token-file", z.TokenFile,
 		"--node-agent-socket", z.Socket, "--redirect-cgroup", n.Cgroup, "--pod-state-dir", z.PodStateDir,
 		"--bpf-pin-path", z.PinPath,
-		"--admin-addr", z.AdminAddr, "--metrics-addr", z.MetricsAddr, "--ready-addr", z.ReadyAddr,
+		"--admin-addr", z.AdminAddr + "," + z.ProxyAdminAddr, "--metrics-addr", z.MetricsAddr, "--ready-addr", z.ReadyAddr,
 	}
 	l.mu.Lock()
 	if l.ztunnels == nil {
@@ -283,7 +299,7 @@ func (l *Lab) buildMeshBinaries(ctx context.Context) error {
 
 // ztunnelToken creates (or reuses) the ztunnel's Pod object on the node, marks it Running, and
 // writes a 24h token of warren-system/warren-ztunnel bound to it (audience warren-ca) to path.
-func (l *Lab) ztunnelToken(ctx context.Context, n *Node, path string) error {
+func (l *Lab) ztunnelToken(ctx context.Context, n *Node, podIP netip.Addr, path string) error {
 	name := "warren-ztunnel-" + n.Name
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: SystemNamespace, Name: name, Labels: map[string]string{"app": "warren-ztunnel"}},
@@ -301,7 +317,8 @@ func (l *Lab) ztunnelToken(ctx context.Context, n *Node, path string) error {
 	}
 	now := metav1.Now()
 	pod.Status = corev1.PodStatus{
-		Phase: corev1.PodRunning, HostIP: n.IP.String(), PodIP: n.IP.String(), StartTime: &now,
+		Phase: corev1.PodRunning, HostIP: n.IP.String(), PodIP: podIP.String(), StartTime: &now,
+		PodIPs:     []corev1.PodIP{{IP: podIP.String()}},
 		Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue, LastTransitionTime: now}},
 	}
 	if err := l.Client.Status().Update(ctx, pod); err != nil {
@@ -321,4 +338,46 @@ func (l *Lab) ztunnelToken(ctx context.Context, n *Node, path string) error {
 		l.logf("warning: the API server capped the ztunnel token of %s at %v", n.Name, left.Round(time.Second))
 	}
 	return os.WriteFile(path, []byte(tr.Status.Token), 0o600)
+}
+
+// ztunnelLinkPrefix names the dummy links holding the ztunnels' pod IPs (wrn-lab-zt<i>).
+const ztunnelLinkPrefix = prefix + "zt"
+
+// addZtunnelLink creates (again, if a crashed lab left it) the dummy link wrn-lab-zt<i> in the
+// host network namespace with 10.244.255.<i>/32, the node's ztunnel pod IP.
+func addZtunnelLink(n *Node) (netip.Addr, error) {
+	idx, err := strconv.Atoi(strings.TrimPrefix(n.Short, "node"))
+	if err != nil || idx < 1 || idx > 254 {
+		return netip.Addr{}, fmt.Errorf("ztunnel link: node %s has no index", n.Name)
+	}
+	name := fmt.Sprintf("%s%d", ztunnelLinkPrefix, idx)
+	addr := netip.AddrFrom4([4]byte{10, 244, 255, byte(idx)})
+	_ = exec.Command("ip", "link", "del", name).Run()
+	for _, args := range [][]string{
+		{"link", "add", name, "type", "dummy"},
+		{"addr", "add", netip.PrefixFrom(addr, 32).String(), "dev", name},
+		{"link", "set", name, "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			return netip.Addr{}, fmt.Errorf("ip %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		}
+	}
+	return addr, nil
+}
+
+// removeZtunnelLinks deletes the lab's wrn-lab-zt* links from the host network namespace.
+func removeZtunnelLinks() error {
+	ifs, err := net.Interfaces()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, i := range ifs {
+		if strings.HasPrefix(i.Name, ztunnelLinkPrefix) {
+			if out, err := exec.Command("ip", "link", "del", i.Name).CombinedOutput(); err != nil {
+				errs = append(errs, fmt.Errorf("ip link del %s: %v: %s", i.Name, err, strings.TrimSpace(string(out))))
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
