@@ -146,7 +146,7 @@ func Resolve(view *state.View, src *nodeconfig.Workload, dst netip.AddrPort, hbo
 		r.Workload = svc.GetNamespace() + "/" + svc.GetName()
 		r.Host = svc.GetHostname()
 		if wp := svc.GetWaypoint(); wp != nil && !isWaypoint(view, src, wp) {
-			return toWaypoint(r, wp, hbonePort)
+			return toWaypoint(view, r, wp, hbonePort)
 		}
 		_, ep, err := view.PickEndpoint(dst)
 		if err != nil {
@@ -160,7 +160,7 @@ func Resolve(view *state.View, src *nodeconfig.Workload, dst netip.AddrPort, hbo
 	if w := view.WorkloadByAddr(dst.Addr()); w != nil {
 		r.Workload = w.GetNamespace() + "/" + w.GetName()
 		if wp := w.GetWaypoint(); wp != nil && !isWaypoint(view, src, wp) {
-			return toWaypoint(r, wp, hbonePort)
+			return toWaypoint(view, r, wp, hbonePort)
 		}
 		return toWorkload(view, r, w, dst, hbonePort)
 	}
@@ -182,19 +182,34 @@ func toWorkload(view *state.View, r Route, w *nodeconfig.Workload, dst netip.Add
 	return r, nil
 }
 
-func toWaypoint(r Route, wp *nodeconfig.GatewayAddress, hbonePort uint16) (Route, error) {
+// toWaypoint sends the connection to the destination's waypoint. A waypoint address that is a
+// Service VIP of the view (the waypoint Gateway's Service) is resolved to one of its ready
+// pods here, as for any Service: nothing else in the path would translate a VIP.
+func toWaypoint(view *state.View, r Route, wp *nodeconfig.GatewayAddress, hbonePort uint16) (Route, error) {
 	id, err := spiffeid.FromString(wp.GetIdentity())
 	if err != nil {
 		return r, fmt.Errorf("waypoint %s/%s: identity %q: %w", wp.GetNamespace(), wp.GetName(), wp.GetIdentity(), err)
+	}
+	addr, err := netip.ParseAddr(wp.GetAddress())
+	if err != nil {
+		return r, fmt.Errorf("waypoint %s/%s: address %q: %w", wp.GetNamespace(), wp.GetName(), wp.GetAddress(), err)
 	}
 	port := uint16(wp.GetHbonePort())
 	if port == 0 {
 		port = hbonePort
 	}
+	next := netip.AddrPortFrom(addr, port)
+	if view.ServiceByAddr(addr) != nil {
+		_, ep, err := view.PickEndpoint(next)
+		if err != nil {
+			return r, fmt.Errorf("waypoint %s/%s: %w (is the waypoint Deployment running?)", wp.GetNamespace(), wp.GetName(), err)
+		}
+		next = ep.Addr
+	}
 	r.Mode = telemetry.HBONE
 	r.Identity = id
 	r.Authority = r.Dst
-	r.Next = netip.AddrPortFrom(netip.MustParseAddr(wp.GetAddress()), port)
+	r.Next = next
 	r.Workload = wp.GetNamespace() + "/" + wp.GetName()
 	return r, nil
 }
