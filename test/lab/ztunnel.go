@@ -353,8 +353,20 @@ func addZtunnelLink(n *Node) (netip.Addr, error) {
 	name := fmt.Sprintf("%s%d", ztunnelLinkPrefix, idx)
 	addr := netip.AddrFrom4([4]byte{10, 244, 255, byte(idx)})
 	_ = exec.Command("ip", "link", "del", name).Run()
+	add := []string{"link", "add", name, "type", "dummy"}
+	if exec.Command("ip", add...).Run() != nil {
+		// Kernels without the dummy driver: a veth pair in the host namespace does the same
+		// (deleting wrn-lab-zt<i> deletes its peer wrn-lab-zp<i>).
+		peer := fmt.Sprintf("%szp%d", prefix, idx)
+		add = []string{"link", "add", name, "type", "veth", "peer", "name", peer}
+		if out, err := exec.Command("ip", add...).CombinedOutput(); err != nil {
+			return netip.Addr{}, fmt.Errorf("ip %s: %v: %s", strings.Join(add, " "), err, strings.TrimSpace(string(out)))
+		}
+		if out, err := exec.Command("ip", "link", "set", peer, "up").CombinedOutput(); err != nil {
+			return netip.Addr{}, fmt.Errorf("ip link set %s up: %v: %s", peer, err, strings.TrimSpace(string(out)))
+		}
+	}
 	for _, args := range [][]string{
-		{"link", "add", name, "type", "dummy"},
 		{"addr", "add", netip.PrefixFrom(addr, 32).String(), "dev", name},
 		{"link", "set", name, "up"},
 	} {

@@ -136,11 +136,11 @@ func unreachable(node string, err error) error {
 // do; errors other than forbidden are wrapped unchanged.
 func Explain(err error, verb, resource, ns string) error {
 	if apierrors.IsForbidden(err) {
-		where := "in " + ns
+		where, role := "in "+ns, "a Role"
 		if ns == "" {
-			where = "cluster-wide"
+			where, role = "cluster-wide", "a ClusterRole"
 		}
-		return fmt.Errorf("forbidden: you cannot %s %s %s (ask for RBAC: a Role allowing %q on %q %s)", verb, resource, where, verb, resource, where)
+		return fmt.Errorf("forbidden: you cannot %s %s %s (ask for RBAC: %s allowing %q on %q %s)", verb, resource, where, role, verb, resource, where)
 	}
 	return fmt.Errorf("%s %s: %w", verb, resource, err)
 }

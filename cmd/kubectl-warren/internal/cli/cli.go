@@ -63,8 +63,10 @@ type env struct {
 func NewRoot(stdout, stderr io.Writer) *cobra.Command {
 	e := &env{flags: genericclioptions.NewConfigFlags(true), out: stdout, now: time.Now}
 	root := &cobra.Command{
-		Use:   "kubectl warren",
-		Short: "Debug Warren mesh identities and policies",
+		// kubectl runs the plugin as "kubectl warren": usage lines and errors say so.
+		Use:         "warren",
+		Annotations: map[string]string{cobra.CommandDisplayNameAnnotation: "kubectl warren"},
+		Short:       "Debug Warren mesh identities and policies",
 		Long: `kubectl warren inspects the Warren ambient mesh: workload identities and certificates,
 why a connection is allowed or denied, the effective policy of a pod port, the state of every
 node's ztunnel, and recent security events. It reaches each node's ztunnel admin endpoint
@@ -172,3 +174,16 @@ func (e *env) meshed(ctx context.Context, p *corev1.Pod) error {
 }
 
 var errNoArgs = errors.New("no pod given (name one or more pods, or use -l selector)")
+
+// exactArgs is cobra.ExactArgs with an error that shows the command's usage.
+func exactArgs(n int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) == n {
+			return nil
+		}
+		return fmt.Errorf("%s takes %d argument(s), got %d (usage: %s; see kubectl warren %s --help)", cmd.Name(), n, len(args), cmd.UseLine(), cmd.Name())
+	}
+}
+
+// noArgs is cobra.NoArgs with an error that shows the command's usage.
+func noArgs(cmd *cobra.Command, args []string) error { return exactArgs(0)(cmd, args) }

@@ -51,6 +51,9 @@ func (e *env) identityCmd() *cobra.Command {
   # every pod labelled app=service-b, as JSON
   kubectl warren identity -n default -l app=service-b -o json`,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if selector == "" && len(args) == 0 {
+				return errNoArgs
+			}
 			ctx := cmd.Context()
 			if err := e.connect(); err != nil {
 				return err
@@ -139,7 +142,7 @@ Names are NAME in -n's namespace, or NAMESPACE/NAME.`,
 
   # an unmeshed client at 10.244.1.9
   kubectl warren why -n default 10.244.1.9 service-b:8080`,
-		Args: cobra.ExactArgs(2),
+		Args: exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var req *explain.Request
 			if path != "" || method != "" || len(headers) > 0 {
@@ -161,10 +164,6 @@ Names are NAME in -n's namespace, or NAMESPACE/NAME.`,
 					req.Header.Add(k, v)
 				}
 			}
-			ctx := cmd.Context()
-			if err := e.connect(); err != nil {
-				return err
-			}
 			dstName, portStr, ok := cutLast(args[1], ":")
 			if !ok {
 				return fmt.Errorf("destination %q has no port (write DEST:PORT, e.g. service-b:8080)", args[1])
@@ -172,6 +171,10 @@ Names are NAME in -n's namespace, or NAMESPACE/NAME.`,
 			port, err := strconv.ParseUint(portStr, 10, 16)
 			if err != nil || port == 0 {
 				return fmt.Errorf("destination port %q is not a port number (write DEST:PORT, e.g. service-b:8080)", portStr)
+			}
+			ctx := cmd.Context()
+			if err := e.connect(); err != nil {
+				return err
 			}
 			cache := map[string]*explain.Config{}
 			out, err := e.why(ctx, cache, args[0], dstName, uint16(port), req)
@@ -320,7 +323,7 @@ the Server covering the port with its access policy and every AuthorizationPolic
 (and whether the ztunnel or a waypoint enforces it), or the default policy when no Server does.`,
 		Example: `  kubectl warren policy -n default service-b 8080
   kubectl warren policy default/service-b 9090 -o yaml`,
-		Args: cobra.ExactArgs(2),
+		Args: exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
 			port, err := strconv.ParseUint(args[1], 10, 16)
@@ -367,7 +370,7 @@ func (e *env) ztunnelConfigCmd() *cobra.Command {
   kubectl warren zc policies
   kubectl warren zc certificates -o json
   kubectl warren zc connections --node node-2`,
-		Args: cobra.ExactArgs(1),
+		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			kind := args[0]
 			if !slices.Contains(kinds, kind) {
@@ -468,7 +471,7 @@ node) and shows those whose destination is in the namespace (-n, or every namesp
 within the window (--since: a duration such as 10m, or an RFC 3339 time).`,
 		Example: `  kubectl warren authz -n default --since 10m
   kubectl warren authz -A -o json`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			if since != "" {

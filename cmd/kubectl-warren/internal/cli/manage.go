@@ -31,7 +31,7 @@ ztunnel (ready, build and config versions, certificates that expire within --exp
 fail to renew) and the waypoints (Gateways of class warren-waypoint) with what binds to them.`,
 		Example: `  kubectl warren status
   kubectl warren status --expiring-within 6h -o yaml`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			if err := e.connect(); err != nil {
@@ -126,7 +126,7 @@ func (e *env) namespaceCmd() *cobra.Command {
 		Short: "Add a namespace to the mesh, or take it out (label warren.dev/dataplane-mode=ambient)",
 		Example: `  kubectl warren namespace enable default
   kubectl warren namespace disable default`,
-		Args: cobra.ExactArgs(2),
+		Args: exactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var value any
 			switch args[0] {
@@ -174,8 +174,11 @@ delete removes one (and the namespace's binding label when it points to it).`,
 		Example: `  kubectl warren waypoint apply -n default --enroll-namespace
   kubectl warren waypoint list -A
   kubectl warren waypoint delete -n default --name waypoint`,
-		Args: cobra.ExactArgs(1),
+		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if !slices.Contains([]string{"apply", "list", "delete"}, args[0]) {
+				return fmt.Errorf("unknown waypoint action %q (apply, list or delete)", args[0])
+			}
 			ctx := cmd.Context()
 			if err := e.connect(); err != nil {
 				return err
