@@ -31,6 +31,7 @@ import (
 type Conn struct {
 	body   io.ReadCloser       // client: response body; server: request body
 	pw     *io.PipeWriter      // client: request body
+	src    *source             // client from ConnectFrom: request body read from the caller's conn
 	rw     http.ResponseWriter // server: response
 	flush  func() error        // server: flushes rw
 	cancel context.CancelFunc  // client: ends the stream's context
@@ -82,6 +83,9 @@ func (c *Conn) Write(p []byte) (int, error) {
 	}
 	var n int
 	var err error
+	if c.src != nil {
+		return 0, errSourced
+	}
 	if c.pw != nil {
 		n, err = c.pw.Write(p)
 	} else {
@@ -96,7 +100,39 @@ func (c *Conn) Write(p []byte) (int, error) {
 	return n, err
 }
 
-var errWriteClosed = errors.New("write on a half-closed hbone stream")
+var (
+	errWriteClosed = errors.New("write on a half-closed hbone stream")
+	errSourced     = errors.New("write on an hbone stream opened with ConnectFrom: it reads what it sends from its source")
+)
+
+// Sent returns the bytes read from the source of a stream opened with [ClientConn.ConnectFrom],
+// so far; zero for other streams.
+func (c *Conn) Sent() int64 {
+	if c.src == nil {
+		return 0
+	}
+	return c.src.n.Load()
+}
+
+// SendDone is closed when a stream opened with [ClientConn.ConnectFrom] stopped reading its
+// source: at the source's EOF (the peer then reads EOF), on a read error, or when the stream
+// ended. It is nil for other streams.
+func (c *Conn) SendDone() <-chan struct{} {
+	if c.src == nil {
+		return nil
+	}
+	return c.src.done
+}
+
+// SendErr returns why the source stopped being read once SendDone is closed: nil after its EOF,
+// the read error, or net.ErrClosed when the stream ended first.
+func (c *Conn) SendErr() error {
+	if c.src == nil {
+		return nil
+	}
+	<-c.src.done
+	return c.src.err
+}
 
 func (c *Conn) mapErr(err error) error {
 	f := c.flags.Load()
@@ -124,9 +160,12 @@ func (c *Conn) CloseWrite() error {
 		return nil
 	}
 	var err error
-	if c.pw != nil {
+	switch {
+	case c.src != nil:
+		c.src.stop()
+	case c.pw != nil:
 		err = c.pw.Close()
-	} else {
+	default:
 		err = c.flush()
 	}
 	if f&flagReadEOF != 0 {
@@ -172,6 +211,9 @@ func (c *Conn) Close() error {
 func (c *Conn) abort(err error) {
 	if c.pw != nil {
 		c.pw.CloseWithError(err)
+	}
+	if c.src != nil {
+		c.src.interrupt()
 	}
 	c.body.Close()
 	if c.cancel != nil {

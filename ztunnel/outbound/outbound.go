@@ -263,10 +263,13 @@ func (p *Proxy) handle(ctx context.Context, c net.Conn) {
 
 	cctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
 	var up net.Conn
+	var hc *hbone.Conn
 	if route.Mode == telemetry.HBONE {
 		rec.DstIdentity = route.Identity.String()
-		up, err = p.cfg.Pool.Connect(cctx, pool.Key{Src: p.cfg.Identity, Dst: route.Identity, Addr: route.Next},
-			route.Authority.String(), p.headers(view, srcAP, route))
+		// The stream reads the workload's bytes itself, from the 200 on: no copy loop and no
+		// goroutine of ours in that direction.
+		hc, err = p.cfg.Pool.ConnectFrom(cctx, pool.Key{Src: p.cfg.Identity, Dst: route.Identity, Addr: route.Next},
+			route.Authority.String(), p.headers(view, srcAP, route), c)
 	} else {
 		up, err = p.cfg.Dial(cctx, "tcp", route.Next.String())
 	}
@@ -279,9 +282,14 @@ func (p *Proxy) handle(ctx context.Context, c net.Conn) {
 		fail(route.Mode, err)
 		return
 	}
-	rec.Upstream, rec.Downstream, rec.Err = relay.Relay(c, up)
+	if hc != nil {
+		rec.Upstream, rec.Downstream, rec.Err = relay.RelayPulled(c, hc)
+		hc.Close()
+	} else {
+		rec.Upstream, rec.Downstream, rec.Err = relay.Relay(c, up)
+		up.Close()
+	}
 	c.Close()
-	up.Close()
 	rec.Duration = time.Since(start)
 	p.cfg.Telemetry.Closed(rec)
 }

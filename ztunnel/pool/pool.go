@@ -18,6 +18,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/netip"
 	"sync"
@@ -179,6 +180,17 @@ func (p *Pool) closeLocked(c *conn) {
 // with the ctx of the Connect that started it; if it fails, every Connect
 // waiting for it gets the error.
 func (p *Pool) Connect(ctx context.Context, k Key, authority string, hdr http.Header) (*hbone.Conn, error) {
+	return p.connect(ctx, k, func(cc *hbone.ClientConn) (*hbone.Conn, error) { return cc.Connect(ctx, authority, hdr) })
+}
+
+// ConnectFrom is [Pool.Connect] with [hbone.ClientConn.ConnectFrom]: the stream reads what it
+// sends from src itself. src is read only once a stream was accepted, so a retry on another
+// connection starts from its first byte.
+func (p *Pool) ConnectFrom(ctx context.Context, k Key, authority string, hdr http.Header, src net.Conn) (*hbone.Conn, error) {
+	return p.connect(ctx, k, func(cc *hbone.ClientConn) (*hbone.Conn, error) { return cc.ConnectFrom(ctx, authority, hdr, src) })
+}
+
+func (p *Pool) connect(ctx context.Context, k Key, open func(*hbone.ClientConn) (*hbone.Conn, error)) (*hbone.Conn, error) {
 	var err error
 	for attempt := 0; attempt < 2; attempt++ {
 		var c *conn
@@ -187,7 +199,7 @@ func (p *Pool) Connect(ctx context.Context, k Key, authority string, hdr http.He
 			return nil, err
 		}
 		var hc *hbone.Conn
-		hc, err = c.cc.Connect(ctx, authority, hdr)
+		hc, err = open(c.cc)
 		if err == nil {
 			hc.OnDone(func() { p.release(c) })
 			return hc, nil

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 )
@@ -80,6 +81,50 @@ func Relay(a, b net.Conn) (aToB, bToA int64, err error) {
 	a.Close()
 	b.Close()
 	return aToB, bToA, first
+}
+
+// Puller is a connection that reads what it sends by itself from the connection it was opened
+// with, such as an hbone stream from ConnectFrom: the relay then copies only the other way.
+type Puller interface {
+	net.Conn
+	// Sent is the number of bytes read from the source so far.
+	Sent() int64
+	// SendDone is closed when the source is no longer read; SendErr says why (nil: its EOF).
+	SendDone() <-chan struct{}
+	SendErr() error
+}
+
+// RelayPulled relays between a and b when b reads from a by itself (b is a Puller opened on a):
+// it copies b to a in the calling goroutine, no goroutine of its own, with the semantics of
+// Relay: EOF from b half-closes a, while b keeps reading a until a's EOF; a failure in either
+// direction closes both; the call returns when both directions are done, with both closed.
+// aToB is what b read from a.
+func RelayPulled(a net.Conn, b Puller) (aToB, bToA int64, err error) {
+	bToA, err = copyHalf(a, b)
+	if err != nil {
+		select {
+		case <-b.SendDone(): // the source failed first: that is the cause
+			if serr := b.SendErr(); sourceFailed(serr) {
+				err = serr
+			}
+		default:
+		}
+		a.Close()
+		b.Close()
+	}
+	<-b.SendDone()
+	if serr := b.SendErr(); err == nil && sourceFailed(serr) {
+		err = serr
+	}
+	a.Close()
+	b.Close()
+	return b.Sent(), bToA, err
+}
+
+// sourceFailed reports a real read error of a Puller's source, not one caused by the stream
+// ending (closed, or released by a read deadline in the past).
+func sourceFailed(err error) bool {
+	return err != nil && !benign(err) && !errors.Is(err, os.ErrDeadlineExceeded)
 }
 
 type closeWriter interface{ CloseWrite() error }
