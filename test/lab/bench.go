@@ -499,7 +499,7 @@ func (b *bench) startPeers(ctx context.Context, peers []string, server *Pod) ([]
 			if _, err := exec.LookPath("haproxy"); err != nil {
 				return nil, fmt.Errorf("peer haproxy: %w (apt-get install haproxy)", err)
 			}
-			global := "global\n  nbthread 2\n  maxconn 25000\n  ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256\n  ssl-default-server-ciphersuites TLS_AES_128_GCM_SHA256\n" +
+			global := "global\n  nbthread 2\n  maxconn 9500\n  ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256\n  ssl-default-server-ciphersuites TLS_AES_128_GCM_SHA256\n" +
 				"  ssl-default-bind-options ssl-min-ver TLSv1.3\n  ssl-default-server-options ssl-min-ver TLSv1.3\n" +
 				"defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n"
 			cli, srv := global, global
