@@ -48,6 +48,8 @@ func TestBadInput(t *testing.T) {
 		{"ztunnel-config unknown kind", []string{"ztunnel-config", "routes"}, `unknown ztunnel-config "routes" (one of workloads, services, policies, certificates, connections)`},
 		{"zc alias, no kind", []string{"zc"}, "ztunnel-config takes 1 argument(s), got 0"},
 		{"authz bad since", []string{"authz", "--since", "yesterday"}, `--since "yesterday": want a duration such as 10m or an RFC 3339 time`},
+		{"authz negative since", []string{"authz", "--since=-5m"}, `--since "-5m": a duration back from now must not be negative (e.g. --since 10m)`},
+		{"authz since, not RFC 3339", []string{"authz", "--since", "2026-01-02 15:04"}, `--since "2026-01-02 15:04": want a duration such as 10m or an RFC 3339 time`},
 		{"authz argument", []string{"authz", "default"}, "authz takes 0 argument(s), got 1"},
 		{"status argument", []string{"status", "now"}, "status takes 0 argument(s), got 1"},
 		{"namespace unknown action", []string{"namespace", "join", "default"}, `unknown namespace action "join" (enable or disable)`},

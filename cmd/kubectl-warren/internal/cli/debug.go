@@ -475,7 +475,9 @@ within the window (--since: a duration such as 10m, or an RFC 3339 time).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
 			if since != "" {
-				if _, err := time.ParseDuration(since); err != nil {
+				if d, err := time.ParseDuration(since); err == nil && d < 0 {
+					return fmt.Errorf("--since %q: a duration back from now must not be negative (e.g. --since 10m)", since)
+				} else if err != nil {
 					if _, err := time.Parse(time.RFC3339, since); err != nil {
 						return fmt.Errorf("--since %q: want a duration such as 10m or an RFC 3339 time", since)
 					}

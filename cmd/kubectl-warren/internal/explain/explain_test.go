@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime/pprof"
 	"strings"
 	"testing"
 	"time"
@@ -85,14 +86,19 @@ func TestWhyAgreesWithLiveZtunnel(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() {
-			// Draining is the ztunnel's business (ztunnel's own tests check it); under a loaded
-			// -race run it has been seen to wait past the test, so this test does not hang on it.
+			// Stop must return once the ztunnel has drained; if it does not, fail with every
+			// goroutine's stack rather than hang the package's test run.
 			done := make(chan error, 1)
 			go func() { done <- zn.Stop() }()
 			select {
-			case <-done:
-			case <-time.After(10 * time.Second):
-				t.Logf("ztunnel %s still draining after 10s", n)
+			case err := <-done:
+				if err != nil {
+					t.Errorf("stop %s: %v", n, err)
+				}
+			case <-time.After(2 * time.Minute):
+				var buf strings.Builder
+				_ = pprof.Lookup("goroutine").WriteTo(&buf, 2)
+				t.Errorf("ztunnel %s still draining after 2m; goroutines:\n%s", n, buf.String())
 			}
 		})
 		if n == "node-2" {
