@@ -48,7 +48,7 @@ func cmdBench(ctx context.Context, args []string) (err error) {
 	connDur := fs.Duration("connrate", 5*time.Second, "duration of the new-connections test")
 	idleConns := fs.Int("idle-conns", 10000, "idle proxied connections for the ztunnel memory test (0: skip)")
 	peersFlag := fs.String("peers", "stunnel,haproxy,gotunnel", "peer tunnels to measure (stunnel, haproxy, gotunnel; empty: none)")
-	profileDir := fs.String("profile", "", "after the measured repetitions, profile both ztunnels (CPU and allocations) during a bulk and a 1000 rps phase; raw profiles go to this directory, `go tool pprof -top` summaries to <out>/profile")
+	profileDir := fs.String("profile", "", "after the measured repetitions, profile both ztunnels (CPU and allocations) during bulk, 1000 rps and new-connection phases; raw profiles go to this directory, `go tool pprof -top` summaries to <out>/profile")
 	out := fs.String("out", "bench/results", "results directory (latest.md, latest.json), relative to the repository root")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -122,7 +122,7 @@ func cmdBench(ctx context.Context, args []string) (err error) {
 		dir = filepath.Join(l.cfg.Root, dir)
 	}
 	if *profileDir != "" {
-		if err := b.profile(ctx, *profileDir, filepath.Join(dir, "profile"), *bulkDur, *rrDur); err != nil {
+		if err := b.profile(ctx, *profileDir, filepath.Join(dir, "profile"), *bulkDur, *rrDur, *connDur); err != nil {
 			return fmt.Errorf("profile: %w", err)
 		}
 	}
@@ -882,7 +882,7 @@ func (r *BenchResults) markdown() string {
 		fmt.Fprintf(&sb, "- %s\n", n)
 	}
 	if len(r.Profiles) > 0 {
-		fmt.Fprintf(&sb, "- Profiles of both ztunnels (`--profile`, an extra unmeasured pass of the warren case; `go tool pprof -top`): %s\n", strings.Join(r.Profiles, ", "))
+		fmt.Fprintf(&sb, "- Profiles of both ztunnels (`--profile`, an extra unmeasured pass of the warren case; `go tool pprof -top`; allocation profiles sample one allocation per 512 KiB, so an empty one means less than about that was allocated in the phase): %s\n", strings.Join(r.Profiles, ", "))
 	}
 	return sb.String()
 }

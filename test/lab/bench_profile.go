@@ -16,11 +16,14 @@ import (
 	"time"
 )
 
-// profile runs the warren case once more per phase (1-stream bulk, 8-stream bulk, 1000 rps),
+// profile runs the warren case once more per phase (1-stream bulk, 8-stream bulk, 1000 rps, new
+// connections),
 // not counted in the results, while it takes a CPU profile and an allocation profile (delta over
 // the phase) from both ztunnels' admin /debug/pprof. The raw profiles go to rawDir, and
-// `go tool pprof -top` summaries (CPU; allocated bytes; allocated objects) to sumDir.
-func (b *bench) profile(ctx context.Context, rawDir, sumDir string, bulkDur, rrDur time.Duration) error {
+// `go tool pprof -top` summaries (CPU; allocated bytes; allocated objects) to sumDir. The
+// allocation profiles sample one allocation per 512 KiB (the runtime's default rate): an empty
+// one means the phase allocated less than about that.
+func (b *bench) profile(ctx context.Context, rawDir, sumDir string, bulkDur, rrDur, connDur time.Duration) error {
 	c := b.warren()
 	for _, d := range []string{rawDir, sumDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -36,6 +39,7 @@ func (b *bench) profile(ctx context.Context, rawDir, sumDir string, bulkDur, rrD
 		{"bulk1", bulkDur, func() error { return b.bulk(ctx, scratch, c, 1, bulkDur) }},
 		{"bulk8", bulkDur, func() error { return b.bulk(ctx, scratch, c, 8, bulkDur) }},
 		{"rr1000", rrDur, func() error { return b.rr(ctx, scratch, c, 1000, rrDur) }},
+		{"connrate", connDur, func() error { return b.connrate(ctx, scratch, c, connDur) }},
 	}
 	for _, ph := range phases {
 		secs := int(ph.dur.Seconds()) - 1 // inside the phase, after the load tool's start
