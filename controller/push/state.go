@@ -241,7 +241,10 @@ func (st *meshState) next(mesh *nodeconfig.Snapshot) (*meshState, delta) {
 			return
 		}
 		m := ns.nodeServers[node]
-		if !copied[node] {
+		// A node's map is copied once per update; it may have been emptied and deleted by an
+		// earlier call of this update (a workload's old servers removed before its new ones
+		// are added), so a missing one is made again.
+		if !copied[node] || m == nil {
 			m = maps.Clone(m)
 			if m == nil {
 				m = map[string]int{}
