@@ -8,7 +8,7 @@ STATICCHECK_VERSION := v0.8.2
 PROTOC_GEN_GO := $(BIN)/protoc-gen-go
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 PROTOC_GEN_GO_GRPC := $(BIN)/protoc-gen-go-grpc
-BINARIES := warren-ztunnel warren-controller warren-cni
+BINARIES := warren-ztunnel warren-controller warren-cni warren-waypoint kubectl-warren
 
 .PHONY: all build demo demo-inprocess envtest-bins lab-bins test test-unit lint generate generate-check deps tools bench bench-micro clean
 

@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	crenvtest "sigs.k8s.io/controller-runtime/pkg/envtest"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
 const (
@@ -148,6 +149,9 @@ func (l *Lab) StartControlPlane(ctx context.Context) error {
 	}
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return err
+	}
+	if err := gatewayv1.Install(scheme); err != nil {
 		return err
 	}
 	crds := filepath.Join(l.cfg.Root, "manifests", "crds")
@@ -329,6 +333,10 @@ func (l *Lab) StartController(ctx context.Context, extraArgs ...string) error {
 		"--push-addr", l.PushAddr,
 		"--ca-addr", l.CAAddr,
 		"--metrics-addr", "127.0.0.1:15014",
+		// Waypoint pods reach these through the forwarder the lab runs in each of them (see
+		// RunWaypoint): the lab has no Service proxy for warren-controller's Service.
+		"--waypoint-controller-addr", l.PushAddr,
+		"--waypoint-ca-addr", l.CAAddr,
 	}, extraArgs...)
 	p, err := l.startProcess("warren-controller", bin, args, nil)
 	if err != nil {

@@ -56,6 +56,20 @@ type PodSpec struct {
 	Labels                                map[string]string
 	// AppArgs are the sample app's arguments, e.g. server --listen :8080 --name service-b.
 	AppArgs []string
+	// Bin, when set, runs that binary with AppArgs instead of the sample app, and Image names
+	// it in the Pod object; Env is added to its environment.
+	Bin, Image string
+	Env        []string
+	// Helpers are sample-app commands started in the pod before the main process (for
+	// example "forward ..."), the way sidecar init containers run first.
+	Helpers [][]string
+	// Object, when set, edits the Pod object before it is created (owner references, the
+	// container from a Deployment's template).
+	Object func(*corev1.Pod)
+	// BeforeStart, when set, runs once the Pod object exists and its network is up, before any
+	// process starts: what a kubelet does when it mounts volumes (pod-bound tokens need the
+	// Pod's UID).
+	BeforeStart func(ctx context.Context, p *Pod) error
 }
 
 // AddPod does what a kubelet and its container runtime do for a pod: create the Pod object
@@ -83,15 +97,22 @@ func (l *Lab) AddPod(ctx context.Context, spec PodSpec) (_ *Pod, err error) {
 	if err != nil {
 		return nil, err
 	}
+	mainBin, image := appBin, "warren-lab/app:local"
+	if spec.Bin != "" {
+		mainBin, image = spec.Bin, spec.Image
+	}
 	obj := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: spec.Namespace, Name: spec.Name, Labels: spec.Labels},
 		Spec: corev1.PodSpec{
 			NodeName:           node.Name,
 			ServiceAccountName: spec.ServiceAccount,
 			Containers: []corev1.Container{{
-				Name: "app", Image: "warren-lab/app:local", Command: []string{appBinary}, Args: spec.AppArgs,
+				Name: "app", Image: image, Command: []string{filepath.Base(mainBin)}, Args: spec.AppArgs,
 			}},
 		},
+	}
+	if spec.Object != nil {
+		spec.Object(obj)
 	}
 	if err := l.Client.Create(ctx, obj); err != nil {
 		return nil, fmt.Errorf("create pod %s/%s: %w", spec.Namespace, spec.Name, err)
@@ -124,7 +145,18 @@ func (l *Lab) AddPod(ctx context.Context, spec PodSpec) (_ *Pod, err error) {
 		return nil, err
 	}
 	p.IP = res
-	proc, err := spawn(p.Key(), p.LogPath, appBin, spec.AppArgs, p.NetnsPath, p.Cgroup, nil)
+	if spec.BeforeStart != nil {
+		if err := spec.BeforeStart(ctx, p); err != nil {
+			return nil, fmt.Errorf("pod %s: %w", p.Key(), err)
+		}
+	}
+	for i, h := range spec.Helpers {
+		logPath := strings.TrimSuffix(p.LogPath, ".log") + fmt.Sprintf("-helper%d.log", i)
+		if _, err := spawn(p.Key()+" helper", logPath, appBin, h, p.NetnsPath, p.Cgroup, nil); err != nil {
+			return nil, err
+		}
+	}
+	proc, err := spawn(p.Key(), p.LogPath, mainBin, spec.AppArgs, p.NetnsPath, p.Cgroup, spec.Env)
 	if err != nil {
 		return nil, err
 	}
@@ -177,7 +209,7 @@ func (l *Lab) writePodStatus(ctx context.Context, node *Node, p *Pod) error {
 		PodIPs:    []corev1.PodIP{{IP: p.IP.String()}},
 		StartTime: &now,
 		ContainerStatuses: []corev1.ContainerStatus{{
-			Name: "app", Ready: true, Image: "warren-lab/app:local", ImageID: "warren-lab/app:local",
+			Name: obj.Spec.Containers[0].Name, Ready: true, Image: obj.Spec.Containers[0].Image, ImageID: obj.Spec.Containers[0].Image,
 			ContainerID: "lab://" + p.ContainerID, Started: new(true),
 			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}},
 		}},

@@ -5,6 +5,17 @@
 //	app client --to IP:port --msg M      sends M, prints the answer, exits non-zero on failure
 //	           [--show-peer]             first prints "peer: <getpeername of the socket>"
 //	           [--show-local]            then prints "local: <getsockname of the socket>"
+//	app http-server --listen :8080 --name X   answers HTTP/1.1 and h2c with "X <method> <path>"
+//	app grpc-server --listen :9090           the gRPC health service, SERVING
+//	app http --url URL [--method M] [--n N] [--h2c]
+//	                                     one request: prints "<status> <body>"; N: JSON counts
+//	                                     of "<status> <first word of body>"
+//	app grpc --to IP:port                    Health/Check; prints the status code and message
+//	app hbone --to IP:15008 --authority IP:port --cert C --key K --bundle B [--path P]
+//	                                     an HBONE stream with that certificate; prints
+//	                                     "hbone <status>" if refused, else "http <status>"
+//	app forward --listen A[,B] --to A[,B] [--to-netns /proc/1/ns/net]
+//	                                     forwards connections into another network namespace
 //
 // MPTCP is off on both sides (Go enables it for listeners by default), so the
 // sockets are the plain TCP sockets the eBPF redirect hooks see.
@@ -40,8 +51,20 @@ func main() {
 		err = server(os.Args[2:])
 	case "client":
 		err = client(os.Args[2:], os.Stdout)
+	case "http-server":
+		err = httpServer(os.Args[2:])
+	case "grpc-server":
+		err = grpcServer(os.Args[2:])
+	case "http":
+		err = httpClient(os.Args[2:], os.Stdout)
+	case "grpc":
+		err = grpcClient(os.Args[2:], os.Stdout)
+	case "forward":
+		err = forward(os.Args[2:])
+	case "hbone":
+		err = hboneClient(os.Args[2:], os.Stdout)
 	default:
-		err = fmt.Errorf("unknown command %q (want server or client)", os.Args[1])
+		err = fmt.Errorf("unknown command %q (want server, client, http-server, grpc-server, http, grpc, hbone or forward)", os.Args[1])
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "app:", err)
