@@ -48,6 +48,7 @@ func cmdBench(ctx context.Context, args []string) (err error) {
 	connDur := fs.Duration("connrate", 5*time.Second, "duration of the new-connections test")
 	idleConns := fs.Int("idle-conns", 10000, "idle proxied connections for the ztunnel memory test (0: skip)")
 	peersFlag := fs.String("peers", "stunnel,haproxy,gotunnel", "peer tunnels to measure (stunnel, haproxy, gotunnel; empty: none)")
+	withWaypoint := fs.Bool("waypoint", true, "also measure Warren with a waypoint on the path (L7)")
 	profileDir := fs.String("profile", "", "after the measured repetitions, profile both ztunnels (CPU and allocations) during bulk, 1000 rps and new-connection phases; raw profiles go to this directory, `go tool pprof -top` summaries to <out>/profile")
 	out := fs.String("out", "bench/results", "results directory (latest.md, latest.json), relative to the repository root")
 	if err := fs.Parse(args); err != nil {
@@ -73,7 +74,7 @@ func cmdBench(ctx context.Context, args []string) (err error) {
 		fmt.Printf("bench: lab down in %v\n", time.Since(t).Round(time.Millisecond))
 	}()
 	b := &bench{l: l, log: logf}
-	if err := b.setup(ctx, splitList(*peersFlag)); err != nil {
+	if err := b.setup(ctx, splitList(*peersFlag), *withWaypoint); err != nil {
 		return err
 	}
 	res := &BenchResults{Command: cmdline, Machine: machine(), Started: start.UTC().Format(time.RFC3339), Reps: *reps, LoadStart: loadavg()}
@@ -128,7 +129,7 @@ func cmdBench(ctx context.Context, args []string) (err error) {
 	}
 	if *idleConns > 0 {
 		for _, c := range b.cases {
-			if len(c.pids) == 0 {
+			if len(c.pids) == 0 || c.name == "waypoint" { // the idle test measures the tunnels
 				continue
 			}
 			if err := b.idle(ctx, res, c, *idleConns); err != nil {
@@ -208,7 +209,7 @@ const (
 	benchMeshNS  = "bench-mesh"
 )
 
-func (b *bench) setup(ctx context.Context, peers []string) error {
+func (b *bench) setup(ctx context.Context, peers []string, withWaypoint bool) error {
 	l := b.l
 	bin, err := l.GoBuild(ctx, "./test/bench/load", "warren-bench-load")
 	if err != nil {
@@ -248,6 +249,13 @@ func (b *bench) setup(ctx context.Context, peers []string) error {
 	b.cases = []*benchCase{
 		{name: "direct", clientNS: benchPlainNS, bulk: hostPort(plain.IP, 9000), rr: hostPort(plain.IP, 9001)},
 		{name: "warren", clientNS: benchMeshNS, bulk: hostPort(mesh.IP, 9000), rr: hostPort(mesh.IP, 9001), pids: zp},
+	}
+	if withWaypoint {
+		wc, err := b.benchWaypointCase(ctx, bin)
+		if err != nil {
+			return fmt.Errorf("waypoint case: %w", err)
+		}
+		b.cases = append(b.cases, wc)
 	}
 	if len(peers) > 0 {
 		pcs, err := b.startPeers(ctx, peers, plain)
@@ -808,10 +816,10 @@ func (r *BenchResults) markdown() string {
 	fmt.Fprintf(&sb, "- Machine: nproc=%d, CPU %q, kernel %s, %s RAM, %s; peers: %s\n", m.Nproc, m.CPU, m.Kernel, m.MemGiB, m.Go, m.Peers)
 	fmt.Fprintf(&sb, "- Load average (1, 5, 15 min) at start %s, at end %s: other engineers were compiling and testing on the same 2 cores during the run; only ratios within this run are meaningful.\n", r.LoadStart, r.LoadEnd)
 	fmt.Fprintf(&sb, "- Started %s, took %.0f s. %d repetitions, interleaved (each test across all cases per repetition, case order rotating); cells: median [min–max] over the repetitions, ×ratio of medians to direct.\n", r.Started, r.Seconds, r.Reps)
-	fmt.Fprintf(&sb, "- Topology: client pod on node-1, server pod on node-2 (lab netns, veth). direct: plain namespace; warren: ambient namespace (eBPF redirect + ztunnel node-1 → HBONE mTLS → ztunnel node-2); peers: client hop in node-1's netns, server hop in node-2's, TLS 1.3 TLS_AES_128_GCM_SHA256 (gotunnel: Go's crypto/tls choice, AES-128-GCM on AES-NI), X25519, ECDSA P-256 throwaway CA, client certs required, one TLS connection per proxied connection (Warren pools HBONE). Load: test/bench/load. \"Proxy\" figures add up both hops (both ztunnels), user+system CPU from /proc/PID/stat.\n\n")
+	fmt.Fprintf(&sb, "- Topology: client pod on node-1, server pod on node-2 (lab netns, veth). direct: plain namespace; warren: ambient namespace (eBPF redirect + ztunnel node-1 → HBONE mTLS → ztunnel node-2); peers: client hop in node-1's netns, server hop in node-2's, TLS 1.3 TLS_AES_128_GCM_SHA256 (gotunnel: Go's crypto/tls choice, AES-128-GCM on AES-NI), X25519, ECDSA P-256 throwaway CA, client certs required, one TLS connection per proxied connection (Warren pools HBONE); waypoint: the warren path with a waypoint (warren-waypoint on node-2, L7: HTTP requests parsed, routed, authorized, forwarded; bulk relayed as opaque TCP), its proxy figures adding the waypoint to both ztunnels. Load: test/bench/load. \"Proxy\" figures add up both hops (both ztunnels), user+system CPU from /proc/PID/stat.\n\n")
 	peers := []string{}
 	for _, c := range r.Cases {
-		if c != "direct" && c != "warren" {
+		if isPeer(c) {
 			peers = append(peers, c)
 		}
 	}
@@ -899,13 +907,16 @@ type Cell struct {
 	BestPeer        string  `json:"bestPeer,omitempty"`
 }
 
+// isPeer reports whether a case is a peer tunnel (not the baseline, not Warren itself).
+func isPeer(c string) bool { return c != "direct" && c != "warren" && c != "waypoint" }
+
 // summarize fills Summary from Samples.
 func (r *BenchResults) summarize() {
 	r.Summary = map[string]map[string]Cell{}
 	for _, f := range figures {
 		best, bestName := math.NaN(), ""
 		for _, c := range r.Cases {
-			if c == "direct" || c == "warren" {
+			if !isPeer(c) {
 				continue
 			}
 			v := median(r.Samples[c][f.key])

@@ -188,12 +188,17 @@ func cmdDemo(ctx context.Context, args []string) (err error) {
 		return errors.New("the marker crossed the inter-node link in plaintext")
 	}
 
+	if err := demoWaypoint(ctx, l, say, show); err != nil {
+		return err
+	}
+
 	fmt.Printf(`
 == summary
    service-a -> service-b   allowed, mTLS (HBONE, TCP 15008), server side saw %s
    service-c -> service-b   denied on node-2 (Server default/service-b: service-c is not in service-a-to-b), security event logged
    wire node-1 <-> node-2   only TCP 15008; the marker never appears in plaintext
    app view                 getpeername shows %s:8080 (the original destination)
+   L7 via waypoint          GET /foo/bar: service-a 200, service-c 403; POST 403; unrouted 404; gRPC PermissionDenied for service-c
    total %v
 `, SpiffeID("default", "service-a"), b.IP, time.Since(start).Round(time.Millisecond))
 	return nil

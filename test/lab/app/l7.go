@@ -26,7 +26,8 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-// httpServer answers every request with "<name> <method> <path>" (HTTP/1.1 and h2c).
+// httpServer answers every request with "<name> <method> <path> xff=<X-Forwarded-For>" (HTTP/1.1
+// and h2c).
 func httpServer(args []string) error {
 	fs := flag.NewFlagSet("http-server", flag.ContinueOnError)
 	listen := fs.String("listen", ":8080", "TCP address to listen on")
@@ -51,7 +52,8 @@ func httpServer(args []string) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/plain")
-			fmt.Fprintf(w, "%s %s %s\n", *name, r.Method, r.URL.Path)
+			// A proxy on the way (the waypoint) shows in X-Forwarded-For.
+			fmt.Fprintf(w, "%s %s %s xff=%s\n", *name, r.Method, r.URL.Path, r.Header.Get("X-Forwarded-For"))
 		}),
 	}
 	log.Printf("http server %s listening on %s", *name, ln.Addr())

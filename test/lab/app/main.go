@@ -5,7 +5,7 @@
 //	app client --to IP:port --msg M      sends M, prints the answer, exits non-zero on failure
 //	           [--show-peer]             first prints "peer: <getpeername of the socket>"
 //	           [--show-local]            then prints "local: <getsockname of the socket>"
-//	app http-server --listen :8080 --name X   answers HTTP/1.1 and h2c with "X <method> <path>"
+//	app http-server --listen :8080 --name X   answers HTTP/1.1 and h2c with "X <method> <path> xff=<X-Forwarded-For>"
 //	app grpc-server --listen :9090           the gRPC health service, SERVING
 //	app http --url URL [--method M] [--n N] [--h2c]
 //	                                     one request: prints "<status> <body>"; N: JSON counts
