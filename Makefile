@@ -93,8 +93,9 @@ generate-check: generate
 		git status --porcelain -- api manifests; git diff --stat -- api manifests; \
 		echo "generated code is stale: run 'make generate' and commit"; exit 1; fi
 
-## bench: the data-path benchmark (root): direct vs Warren vs stunnel4 and HAProxy on the lab's
-## two-node path; prints the table and writes bench/results/latest.{md,json} (~9 min).
+## bench: the data-path benchmark (root): direct vs Warren vs Warren with a waypoint vs stunnel4,
+## HAProxy and a Go TLS tunnel on the lab's two-node path; prints the table and writes
+## bench/results/latest.{md,json} (~14 min).
 bench: deps envtest-bins lab-bins
 	$(GO) run ./test/lab bench
 
