@@ -64,7 +64,7 @@ func (l *Lab) RunWaypoint(ctx context.Context, ns, gw, node string) (*Pod, error
 			args[i] = strings.Replace(args[i], mp, dir, 1)
 		}
 	}
-	env := []string{"GODEBUG=" + os.Getenv("GODEBUG")}
+	var env []string
 	for _, e := range ctr.Env {
 		v := e.Value
 		if e.ValueFrom != nil && e.ValueFrom.FieldRef != nil {
