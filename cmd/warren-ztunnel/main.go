@@ -107,7 +107,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.metricsAddr, "metrics-addr", ":15020", "Prometheus metrics address")
 	fs.StringVar(&o.readyAddr, "ready-addr", ":15021", "readiness address")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.BoolVar(&o.accessLog, "access-log", true, "write one access-log line per connection at close")
+	fs.BoolVar(&o.accessLog, "access-log", false, "write one access-log line per connection at close (off by default: the data path does no per-connection logging; /connections and the metrics keep the counts)")
 	fs.BoolVar(&o.mark, "mark", true, "set SO_MARK 0x539 on workload sockets (needs CAP_NET_ADMIN)")
 	fs.DurationVar(&o.pollInterval, "config-poll", 2*time.Second, "how often to check the config file for changes")
 	fs.StringVar(&o.agentSocket, "node-agent-socket", "", "in-pod mode: serve the node agent (for warren-cni) on this unix socket, e.g. "+protocol.DefaultSocket+"; needs --redirect-cgroup")

@@ -139,6 +139,8 @@ func (l *Lab) StartZtunnel(ctx context.Context, node string) error {
 		"--ca-root-file", z.CARootFile, "--token-file", z.TokenFile,
 		"--node-agent-socket", z.Socket, "--redirect-cgroup", n.Cgroup, "--pod-state-dir", z.PodStateDir,
 		"--bpf-pin-path", z.PinPath,
+		// The lab's tests, demo and benchmark read the access log (off by default).
+		"--access-log",
 		"--admin-addr", z.AdminAddr + "," + z.ProxyAdminAddr, "--metrics-addr", z.MetricsAddr, "--ready-addr", z.ReadyAddr,
 	}
 	l.mu.Lock()
