@@ -35,9 +35,8 @@ func (l *Lab) RunWaypoint(ctx context.Context, ns, gw, node string) (*Pod, error
 		return nil, errors.New("run waypoint: warren-controller not started")
 	}
 	var dep appsv1.Deployment
-	if err := poll(ctx, 30*time.Second, func() (bool, error) {
-		err := l.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: gw}, &dep)
-		return err == nil, client.IgnoreNotFound(err)
+	if err := Eventually(ctx, 30*time.Second, func() error {
+		return l.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: gw}, &dep)
 	}); err != nil {
 		return nil, fmt.Errorf("run waypoint %s/%s: the controller made no Deployment: %w", ns, gw, err)
 	}
@@ -100,9 +99,12 @@ func (l *Lab) RunWaypoint(ctx context.Context, ns, gw, node string) (*Pod, error
 	if err != nil {
 		return nil, fmt.Errorf("run waypoint %s/%s: %w", ns, gw, err)
 	}
-	if err := poll(ctx, 60*time.Second, func() (bool, error) {
-		out, _ := l.Exec(ctx, ns, name, "app", "http", "--url", "http://127.0.0.1:15021/healthz/ready", "--timeout", "2s")
-		return strings.HasPrefix(out, "200 "), nil
+	if err := Eventually(ctx, 60*time.Second, func() error {
+		out, err := l.Exec(ctx, ns, name, "app", "http", "--url", "http://127.0.0.1:15021/healthz/ready", "--timeout", "2s")
+		if !strings.HasPrefix(out, "200 ") {
+			return fmt.Errorf("readiness %q, %v", out, err)
+		}
+		return nil
 	}); err != nil {
 		return pod, fmt.Errorf("run waypoint %s/%s: not ready (see %s): %w", ns, gw, pod.LogPath, err)
 	}
@@ -113,11 +115,14 @@ func (l *Lab) RunWaypoint(ctx context.Context, ns, gw, node string) (*Pod, error
 		return pod, err
 	}
 	var g gatewayv1.Gateway
-	if err := poll(ctx, 30*time.Second, func() (bool, error) {
+	if err := Eventually(ctx, 30*time.Second, func() error {
 		if err := l.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: gw}, &g); err != nil {
-			return false, err
+			return err
 		}
-		return meta.IsStatusConditionTrue(g.Status.Conditions, string(gatewayv1.GatewayConditionProgrammed)) && len(g.Status.Addresses) > 0, nil
+		if !meta.IsStatusConditionTrue(g.Status.Conditions, string(gatewayv1.GatewayConditionProgrammed)) || len(g.Status.Addresses) == 0 {
+			return errors.New("not Programmed yet")
+		}
+		return nil
 	}); err != nil {
 		return pod, fmt.Errorf("run waypoint %s/%s: the Gateway is not Programmed (conditions %+v): %w", ns, gw, g.Status.Conditions, err)
 	}
@@ -190,28 +195,6 @@ func (l *Lab) writeDeploymentReady(ctx context.Context, dep *appsv1.Deployment) 
 		return fmt.Errorf("deployment %s/%s status: %w", dep.Namespace, dep.Name, err)
 	}
 	return nil
-}
-
-// poll calls f every 200ms until it reports done, returns an error, or timeout passes.
-func poll(ctx context.Context, timeout time.Duration, f func() (bool, error)) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		done, err := f()
-		if err != nil {
-			return err
-		}
-		if done {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %v", timeout)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
 }
 
 // L7Namespace is the namespace of the lab's L7 example (SetupL7Example).
