@@ -75,7 +75,8 @@ lint:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 
-## generate: all generated code, byte for byte.
+## generate: all generated code, byte for byte: protobuf, deepcopy, CRDs, and the install
+## manifests (manifests/install) rendered from the Helm chart manifests/charts/warren.
 generate: deps tools
 	protoc --proto_path=api/nodeconfig \
 		--plugin=protoc-gen-go=$(PROTOC_GEN_GO) --go_out=api/nodeconfig --go_opt=paths=source_relative \
@@ -86,6 +87,7 @@ generate: deps tools
 		--plugin=protoc-gen-go-grpc=$(PROTOC_GEN_GO_GRPC) --go-grpc_out=api/caservice --go-grpc_opt=paths=source_relative \
 		api/caservice/ca.proto
 	test/tools/generate-crds.sh
+	test/tools/generate-manifests.sh
 
 ## generate-check: fail if the committed generated code differs from what generate makes.
 generate-check: generate

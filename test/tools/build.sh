@@ -6,6 +6,7 @@
 #   etcd            go.etcd.io/etcd/server v3.7.3  (test/tools/etcd/go.mod)
 #   cni-plugins     github.com/containernetworking/plugins v1.10.0 bridge, host-local,
 #                   loopback into <bin>/cni/ (test/tools/cni/go.mod), for the lab (test/lab)
+#   helm            helm.sh/helm/v3 v3.22.0        (test/tools/helm/go.mod), renders manifests/charts
 # Idempotent: a binary is rebuilt only when missing or when the go.mod/go.sum (or
 # source) that pins it changed since it was built (a sha256 stamp next to it). Usage: test/tools/build.sh [kube-apiserver|etcd|controller-gen|cni-plugins]...
 set -euo pipefail
@@ -46,11 +47,12 @@ for t in "${targets[@]}"; do
 	kube-apiserver) build kube-apiserver "$here" k8s.io/kubernetes/cmd/kube-apiserver "$here/go.mod" "$here/go.sum" ;;
 	controller-gen) build controller-gen "$here" sigs.k8s.io/controller-tools/cmd/controller-gen "$here/go.mod" "$here/go.sum" ;;
 	etcd) build etcd "$here/etcd" . "$here/etcd/go.mod" "$here/etcd/go.sum" "$here/etcd/main.go" ;;
+	helm) build helm "$here/helm" helm.sh/helm/v3/cmd/helm "$here/helm/go.mod" "$here/helm/go.sum" ;;
 	cni-plugins)
 		for p in main/bridge ipam/host-local main/loopback; do
 			build "cni/${p#*/}" "$here/cni" "github.com/containernetworking/plugins/plugins/$p" "$here/cni/go.mod" "$here/cni/go.sum"
 		done
 		;;
-	*) echo "build.sh: unknown tool $t (want kube-apiserver, etcd, controller-gen or cni-plugins)" >&2; exit 2 ;;
+	*) echo "build.sh: unknown tool $t (want kube-apiserver, etcd, controller-gen, cni-plugins or helm)" >&2; exit 2 ;;
 	esac
 done
