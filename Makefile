@@ -10,7 +10,7 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 PROTOC_GEN_GO_GRPC := $(BIN)/protoc-gen-go-grpc
 BINARIES := warren-ztunnel warren-controller warren-cni warren-waypoint kubectl-warren
 
-.PHONY: all build demo demo-inprocess envtest-bins lab-bins test test-unit lint generate generate-check deps tools bench bench-micro clean
+.PHONY: all build images demo demo-inprocess envtest-bins lab-bins test test-unit lint generate generate-check deps tools bench bench-micro clean
 
 all: build
 
@@ -40,6 +40,16 @@ build:
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/ $(addprefix ./cmd/,$(BINARIES))
 
+## images: Warren's container images without Docker: bin/images/oci (one OCI layout holding
+## $(IMAGE_REGISTRY)/warren-{controller,ztunnel,waypoint}:$(VERSION), what the lab pulls from) and
+## bin/images/<name>-$(VERSION).tar (docker save format, for docker load / kind load image-archive).
+## GOARCHES=amd64,arm64 builds both; SOURCE_DATE_EPOCH sets the creation time (default 1970).
+VERSION ?= 0.1.0
+IMAGE_REGISTRY ?= ghcr.io/warren-mesh
+GOARCHES ?= $(shell $(GO) env GOARCH)
+images:
+	GO=$(GO) $(GO) run ./test/images --out $(BIN)/images --tag $(VERSION) --registry $(IMAGE_REGISTRY) --goarch $(GOARCHES)
+
 ## demo: the main job (root): the local two-node lab with a real control plane, warren-controller,
 ## a warren-ztunnel per node and warren-cni; the article's policy applied with kubectl; allowed
 ## and denied traffic, the security event, a capture of the inter-node link; then teardown.
@@ -54,7 +64,7 @@ demo-inprocess:
 ## envtest-bins: kube-apiserver and etcd for the control-plane tier, built from test/tools into
 ## .cache/bin (a no-op when up to date; ~6 min on 2 cores the first time).
 envtest-bins:
-	test/tools/build.sh kube-apiserver etcd
+	test/tools/build.sh kube-apiserver etcd kube-controller-manager kube-scheduler
 
 ## lab-bins: the reference CNI plugins (bridge, host-local, loopback) for the lab, built from
 ## containernetworking/plugins v1.10.0 into .cache/bin/cni.

@@ -2,6 +2,8 @@
 # build.sh builds the test and generator binaries into the gitignored cache
 # (default: <repo>/.cache/bin, override with WARREN_TOOLS_BIN):
 #   kube-apiserver  k8s.io/kubernetes v1.37.2      (test/tools/go.mod)
+#   kube-controller-manager, kube-scheduler
+#                   k8s.io/kubernetes v1.37.2      (test/tools/go.mod), for the lab cluster
 #   controller-gen  sigs.k8s.io/controller-tools   (test/tools/go.mod)
 #   etcd            go.etcd.io/etcd/server v3.7.3  (test/tools/etcd/go.mod)
 #   cni-plugins     github.com/containernetworking/plugins v1.10.0 bridge, host-local,
@@ -45,6 +47,8 @@ targets=("$@")
 for t in "${targets[@]}"; do
 	case $t in
 	kube-apiserver) build kube-apiserver "$here" k8s.io/kubernetes/cmd/kube-apiserver "$here/go.mod" "$here/go.sum" ;;
+	kube-controller-manager) build kube-controller-manager "$here" k8s.io/kubernetes/cmd/kube-controller-manager "$here/go.mod" "$here/go.sum" ;;
+	kube-scheduler) build kube-scheduler "$here" k8s.io/kubernetes/cmd/kube-scheduler "$here/go.mod" "$here/go.sum" ;;
 	controller-gen) build controller-gen "$here" sigs.k8s.io/controller-tools/cmd/controller-gen "$here/go.mod" "$here/go.sum" ;;
 	etcd) build etcd "$here/etcd" . "$here/etcd/go.mod" "$here/etcd/go.sum" "$here/etcd/main.go" ;;
 	helm) build helm "$here/helm" helm.sh/helm/v3/cmd/helm "$here/helm/go.mod" "$here/helm/go.sum" ;;
