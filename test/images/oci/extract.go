@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -53,6 +54,7 @@ func (img *Image) Extract(cacheDir string) (string, error) {
 	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
 		return "", fmt.Errorf("extract image %s (can the cache directory be created?): %w", img.Ref, err)
 	}
+	removeStaleExtractions(cacheDir, time.Now().Add(-staleExtraction))
 	tmp, err := os.MkdirTemp(cacheDir, ".extract-"+h.Hex[:12]+"-")
 	if err != nil {
 		return "", fmt.Errorf("extract image %s: %w", img.Ref, err)
@@ -78,6 +80,27 @@ func (img *Image) Extract(cacheDir string) (string, error) {
 	}
 	done = true
 	return final, nil
+}
+
+// staleExtraction is how old a temporary extraction directory must be to count as left behind by
+// a process that died: no extraction takes that long.
+const staleExtraction = time.Hour
+
+// removeStaleExtractions deletes the temporary extraction directories in cacheDir older than before.
+// It is best effort: a failure only leaves garbage.
+func removeStaleExtractions(cacheDir string, before time.Time) {
+	entries, err := os.ReadDir(cacheDir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !e.IsDir() || !strings.HasPrefix(e.Name(), ".extract-") {
+			continue
+		}
+		if info, err := e.Info(); err == nil && info.ModTime().Before(before) {
+			os.RemoveAll(filepath.Join(cacheDir, e.Name()))
+		}
+	}
 }
 
 func (img *Image) extractTo(dir string) error {

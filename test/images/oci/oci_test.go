@@ -564,3 +564,43 @@ func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
 }
+
+func TestLeftoversOfDeadProcessesAreCleaned(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "oci")
+	b := mustBuild(t, helloSpec("app:1"))
+	mustWrite(t, dir, b)
+	deadBlob := filepath.Join(dir, "blobs", "sha256", ".tmp-abc-123")
+	deadIndex := filepath.Join(dir, ".index.json.tmp-456")
+	for _, p := range []string{deadBlob, deadIndex} {
+		if err := os.WriteFile(p, []byte("half"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustWrite(t, dir, b)
+	for _, p := range []string{deadBlob, deadIndex} {
+		if fileExists(p) {
+			t.Errorf("Write left the dead writer's %s", filepath.Base(p))
+		}
+	}
+
+	cache := t.TempDir()
+	old, young := filepath.Join(cache, ".extract-old"), filepath.Join(cache, ".extract-young")
+	for _, p := range []string{old, young} {
+		if err := os.Mkdir(p, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	past := time.Now().Add(-2 * staleExtraction)
+	if err := os.Chtimes(old, past, past); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mustOpen(t, dir).Extract("app:1", cache); err != nil {
+		t.Fatal(err)
+	}
+	if fileExists(old) {
+		t.Error("Extract left a stale temporary extraction")
+	}
+	if !fileExists(young) {
+		t.Error("Extract removed a temporary extraction that may still be running")
+	}
+}

@@ -289,7 +289,8 @@ func descriptorRef(d v1.Descriptor) (string, bool) {
 	return r, true
 }
 
-// collectGarbage deletes the blobs index does not reach.
+// collectGarbage deletes the blobs index does not reach, and temporary files writers that died
+// left behind. The caller holds the exclusive lock.
 func collectGarbage(dir string, index *v1.IndexManifest) error {
 	keep := map[v1.Hash]bool{}
 	var walk func(d v1.Descriptor, depth int) error
@@ -334,6 +335,17 @@ func collectGarbage(dir string, index *v1.IndexManifest) error {
 			return err
 		}
 	}
+	top, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, f := range top {
+		if strings.HasPrefix(f.Name(), "."+indexFileName+".tmp-") {
+			if err := os.Remove(filepath.Join(dir, f.Name())); err != nil {
+				return err
+			}
+		}
+	}
 	algs, err := os.ReadDir(filepath.Join(dir, blobsDirName))
 	if err != nil {
 		return err
@@ -347,7 +359,8 @@ func collectGarbage(dir string, index *v1.IndexManifest) error {
 			return err
 		}
 		for _, f := range files {
-			if strings.HasPrefix(f.Name(), ".") || keep[v1.Hash{Algorithm: a.Name(), Hex: f.Name()}] {
+			// Under the exclusive lock no writer is at work: a temporary file is a dead writer's.
+			if keep[v1.Hash{Algorithm: a.Name(), Hex: f.Name()}] {
 				continue
 			}
 			if err := os.Remove(filepath.Join(dir, blobsDirName, a.Name(), f.Name())); err != nil {
