@@ -278,4 +278,3 @@ func TestHumanSize(t *testing.T) {
 		}
 	}
 }
-
