@@ -8,6 +8,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -50,7 +51,8 @@ type Spec struct {
 	Env []string
 	// WorkingDir is the image's working directory (empty: the runtime's default, /).
 	WorkingDir string
-	// OS and Arch are the platform; empty means linux and amd64. They only label the image: Build
+	// OS and Arch are the platform; empty means linux and the architecture this program runs on
+	// (runtime.GOARCH), the one `go build` targets by default. They only label the image: Build
 	// does not check the binaries' format.
 	OS, Arch string
 	// Version, Source and Title become the labels org.opencontainers.image.{version,source,title};
@@ -96,7 +98,7 @@ func Build(spec Spec) (*Built, error) {
 		osName = "linux"
 	}
 	if arch == "" {
-		arch = "amd64"
+		arch = runtime.GOARCH
 	}
 	for _, e := range spec.Env {
 		if k, _, ok := strings.Cut(e, "="); !ok || k == "" {

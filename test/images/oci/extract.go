@@ -34,10 +34,11 @@ func (l *Layout) Extract(ref, cacheDir string) (string, error) {
 }
 
 // Extract applies the image's layers in order into a new directory under cacheDir and returns it:
-// the image's root filesystem. Whiteouts of lower layers are honoured; an entry that would land
-// outside the directory (through "..", an absolute or escaping symbolic link or hard link) fails
-// the extraction, as does a layer whose content does not match its digest. Device nodes and FIFOs
-// are skipped; owners are applied only when running as root.
+// the image's root filesystem. Whiteouts of lower layers are honoured. An entry that would land
+// outside the directory fails the extraction: a name with "..", or a path, hard link or whiteout
+// through a symbolic link that points outside (such links themselves are kept: in the container
+// they resolve inside its root). So does a layer whose content does not match its digest. Device
+// nodes and FIFOs are skipped; owners are applied only when running as root.
 //
 // The directory is named after the manifest digest (cacheDir/sha256-<hex>) and appears whole or not
 // at all, so a second Extract of the same image costs nothing and concurrent ones are safe. Callers

@@ -604,3 +604,11 @@ func TestLeftoversOfDeadProcessesAreCleaned(t *testing.T) {
 		t.Error("Extract removed a temporary extraction that may still be running")
 	}
 }
+
+func TestBuildDefaultsToThisMachine(t *testing.T) {
+	s := helloSpec("app:1")
+	s.OS, s.Arch = "", ""
+	if b := mustBuild(t, s); b.Platform != HostPlatform() {
+		t.Errorf("Build without a platform made %s; want %s", b.Platform, HostPlatform())
+	}
+}
