@@ -15,8 +15,10 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/google/go-containerregistry/pkg/v1/validate"
 )
 
 func TestBuildWriteFindExtractRun(t *testing.T) {
@@ -610,5 +612,21 @@ func TestBuildDefaultsToThisMachine(t *testing.T) {
 	s.OS, s.Arch = "", ""
 	if b := mustBuild(t, s); b.Platform != HostPlatform() {
 		t.Errorf("Build without a platform made %s; want %s", b.Platform, HostPlatform())
+	}
+}
+
+// TestLayoutPassesAnotherReader reads a layout back with go-containerregistry's own layout reader
+// and validator (digests, sizes, diff IDs, media types), so the layout is not only readable by us.
+func TestLayoutPassesAnotherReader(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "oci")
+	foreign := helloSpec("ghcr.io/warren-mesh/app:1")
+	foreign.Arch = otherArch()
+	mustWrite(t, dir, mustBuild(t, helloSpec("ghcr.io/warren-mesh/app:1")), mustBuild(t, foreign), mustBuild(t, helloSpec("single:1")))
+	idx, err := layout.ImageIndexFromPath(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := validate.Index(idx); err != nil {
+		t.Errorf("go-containerregistry rejects the layout: %v", err)
 	}
 }
