@@ -14,6 +14,21 @@
 // redirect is pinned under --bpf-pin-path (a mounted bpffs), so if the ztunnel stops or crashes its
 // pods stay captured and fail closed until the next one adopts the pins; uninstalling Warren from
 // a node must remove that directory (redirect.Redirector.Uninstall).
+//
+// With --cni-install (in-pod mode, as the warren-ztunnel DaemonSet runs it) it also installs
+// warren-cni on the node through the host directories mounted into its pod (ztunnel/cniinstall):
+// the binary into --cni-bin-dir, the plugin's kubeconfig and the warren-cni entry, last, into the
+// primary config of --cni-net-dir, re-chained whenever the network plugin rewrites its config;
+// /healthz/ready then also waits for the chaining. The --node-agent-socket and --pod-state-dir
+// paths go into the entry as they are, so they must be the same on the node (hostPath mounted at
+// the same path).
+//
+// On exit (SIGTERM) it decides between an upgrade and an uninstall (--uninstall-on-exit, default
+// auto): only when the DaemonSet that owns its pod (--pod-name/--pod-namespace, from $POD_NAME and
+// $POD_NAMESPACE) is gone or being deleted does it remove the CNI entry, kubeconfig and binary and
+// the eBPF redirect pins, so pods go back to plain networking; otherwise, or when it cannot tell
+// (no API server), everything stays and captured pods fail closed until the next ztunnel adopts
+// them. Its ServiceAccount needs get on pods and on daemonsets.apps in its namespace.
 package main
 
 import (
@@ -45,6 +60,7 @@ import (
 	"github.com/warren-mesh/warren/ca"
 	"github.com/warren-mesh/warren/redirect"
 	"github.com/warren-mesh/warren/ztunnel"
+	"github.com/warren-mesh/warren/ztunnel/cniinstall"
 	"github.com/warren-mesh/warren/ztunnel/configstream"
 	"github.com/warren-mesh/warren/ztunnel/identity"
 	"github.com/warren-mesh/warren/ztunnel/nodeagent"
@@ -86,6 +102,18 @@ type options struct {
 	cgroup       string
 	podStateDir  string
 	bpfPinPath   string
+
+	cniInstall      bool
+	cniNetDir       string
+	cniBinDir       string
+	cniHostNetDir   string
+	cniBinary       string
+	cniSADir        string
+	cniAPIServer    string
+	uninstallOnExit string
+	kubeconfig      string
+	podName         string
+	podNamespace    string
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -114,6 +142,17 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.cgroup, "redirect-cgroup", "", "in-pod mode: cgroup v2 directory the eBPF redirect attaches to (the kubepods cgroup); needs --node-agent-socket")
 	fs.StringVar(&o.podStateDir, "pod-state-dir", protocol.DefaultStateDir, "in-pod mode: where warren-cni records pods (to find running pods' netns)")
 	fs.StringVar(&o.bpfPinPath, "bpf-pin-path", "", "in-pod mode: bpffs directory where the eBPF redirect is pinned so pods stay captured (fail closed) while no ztunnel runs; a restarted ztunnel adopts it (default /sys/fs/bpf/warren/<node>; \"none\": do not pin, pods connect directly when the ztunnel is gone)")
+	fs.BoolVar(&o.cniInstall, "cni-install", false, "in-pod mode: install warren-cni on the node (binary, kubeconfig, entry in the primary CNI config) and keep it chained; readiness waits for it")
+	fs.StringVar(&o.cniNetDir, "cni-net-dir", "/host/etc/cni/net.d", "with --cni-install: the node's CNI config dir as mounted here")
+	fs.StringVar(&o.cniBinDir, "cni-bin-dir", "/host/opt/cni/bin", "with --cni-install: the node's CNI bin dir as mounted here")
+	fs.StringVar(&o.cniHostNetDir, "cni-host-net-dir", "/etc/cni/net.d", "with --cni-install: the node's CNI config dir as the container runtime sees it (the plugin's kubeconfig path)")
+	fs.StringVar(&o.cniBinary, "cni-binary", "/usr/local/bin/warren-cni", "with --cni-install: the warren-cni binary to install")
+	fs.StringVar(&o.cniSADir, "cni-service-account-dir", cniinstall.DefaultServiceAccountDir, "with --cni-install: the ServiceAccount token and ca.crt the plugin's kubeconfig is made of")
+	fs.StringVar(&o.cniAPIServer, "cni-api-server", "", "with --cni-install: API server URL for the plugin's kubeconfig (default https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)")
+	fs.StringVar(&o.uninstallOnExit, "uninstall-on-exit", exitAuto, "on exit, remove the CNI chaining and the eBPF redirect pins from the node: auto (only if this pod's DaemonSet is gone or being deleted), always or never")
+	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for reading this pod and its DaemonSet on exit (default: in-cluster config)")
+	fs.StringVar(&o.podName, "pod-name", os.Getenv("POD_NAME"), "this pod's name (default $POD_NAME)")
+	fs.StringVar(&o.podNamespace, "pod-namespace", os.Getenv("POD_NAMESPACE"), "this pod's namespace (default $POD_NAMESPACE)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -146,6 +185,14 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if (o.caCert == "") != (o.caKey == "") {
 		return o, errors.New("--ca-cert and --ca-key go together")
 	}
+	if o.cniInstall && o.agentSocket == "" {
+		return o, errors.New("--cni-install needs in-pod mode (--node-agent-socket and --redirect-cgroup): warren-cni calls the node agent")
+	}
+	switch o.uninstallOnExit {
+	case exitAuto, exitAlways, exitNever:
+	default:
+		return o, fmt.Errorf("--uninstall-on-exit %q: want auto, always or never", o.uninstallOnExit)
+	}
 	return o, nil
 }
 
@@ -164,6 +211,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		accessLog = slog.New(slog.NewJSONHandler(stderr, nil)).With("log", "access", "node", o.node)
 	}
 	securityLog := slog.New(slog.NewJSONHandler(stderr, nil)).With("log", "security", "node", o.node)
+	var inst *cniinstall.Installer
+	if o.cniInstall {
+		// Checked first: a bad install setup fails before anything is loaded into the kernel.
+		if inst, err = newInstaller(o, log); err != nil {
+			return err
+		}
+	}
 
 	var (
 		store  *state.Store
@@ -276,9 +330,28 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		zcfg.OriginalDst = rd.OriginalDst
 		zcfg.TrustDomain = td
 	}
+	if inst != nil {
+		// Readiness also needs the chaining: main serves it (zt.Ready and inst.Ready).
+		zcfg.ReadyAddr = ""
+	}
+	var exit exitPolicy
+	if rd != nil {
+		exit = newExitPolicy(o)
+		if exit.clientErr != nil {
+			log.Warn("on exit, Warren will stay installed on this node whatever happens to the DaemonSet", "reason", exit.clientErr.Error())
+		}
+	}
 	zt, err := ztunnel.New(zcfg)
 	if err != nil {
 		return err
+	}
+	if inst != nil && o.readyAddr != "" {
+		srv, addr, err := serveReadiness(o.readyAddr, zt.Ready, inst.Ready)
+		if err != nil {
+			return err
+		}
+		defer srv.Close()
+		log.Info("readiness", "addr", addr.String())
 	}
 	if stream != nil {
 		go stream.Run(ctx)
@@ -296,12 +369,42 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	} else {
 		agentDone <- nil
 	}
+	instDone := make(chan error, 1)
+	if inst != nil {
+		go func() { instDone <- inst.Run(ctx) }()
+	} else {
+		instDone <- nil
+	}
 	log.Info("warren-ztunnel started", "controller", o.controller, "config", o.configFile, "addrs", fmt.Sprint(zt.Addrs()))
 	err = zt.Run(ctx)
 	if aerr := <-agentDone; aerr != nil && err == nil {
 		err = aerr
 	}
+	if ierr := <-instDone; ierr != nil && err == nil {
+		err = ierr
+	}
+	if rd != nil {
+		if xerr := onExit(exit, inst, rd, o.bpfPinPath, log); xerr != nil && err == nil {
+			err = xerr
+		}
+	}
 	return err
+}
+
+func newInstaller(o options, log *slog.Logger) (*cniinstall.Installer, error) {
+	server := o.cniAPIServer
+	if server == "" {
+		var err error
+		if server, err = cniinstall.ServerFromEnv(os.Getenv); err != nil {
+			return nil, fmt.Errorf("--cni-install: %w; set --cni-api-server", err)
+		}
+	}
+	return cniinstall.New(cniinstall.Config{
+		NetDir: o.cniNetDir, HostNetDir: o.cniHostNetDir, BinDir: o.cniBinDir, Binary: o.cniBinary,
+		ServiceAccountDir: o.cniSADir, APIServer: server,
+		NodeAgentSocket: o.agentSocket, StateDir: o.podStateDir,
+		OnEvent: logInstallerEvent(log.With("component", "cniinstall")),
+	})
 }
 
 func readConfig(path string) (*nodeconfig.Snapshot, error) {

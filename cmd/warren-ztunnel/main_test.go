@@ -29,6 +29,8 @@ func TestParseFlagsRejects(t *testing.T) {
 		{[]string{"--config", "x.yaml", "--node", ""}, "--node (or $NODE_NAME) is required"},
 		{[]string{"--config", "x.yaml", "--node", "n", "--ca-cert", "c.pem"}, "--ca-cert and --ca-key go together"},
 		{[]string{"--node", "n", "--controller", "c:15012", "--ca-addr", "c:15013", "--node-agent-socket", "/tmp/a.sock"}, "--node-agent-socket and --redirect-cgroup go together"},
+		{[]string{"--node", "n", "--config", "x.yaml", "--cni-install"}, "--cni-install needs in-pod mode"},
+		{[]string{"--node", "n", "--config", "x.yaml", "--uninstall-on-exit", "sometimes"}, `--uninstall-on-exit "sometimes": want auto, always or never`},
 		{[]string{"--bogus"}, "flag provided but not defined"},
 	}
 	for _, tc := range tests {
@@ -49,6 +51,11 @@ func TestRunRejectsBadFiles(t *testing.T) {
 	garbage := filepath.Join(dir, "garbage.pem")
 	os.WriteFile(garbage, []byte("not pem"), 0o600)
 	good := writeConfig(t, dir, ztunneltest.RandomNet(), "v1")
+	// In-pod mode with --cni-install: the install setup is checked before the eBPF redirect loads
+	// (the cgroup does not exist, so getting past the checks would fail differently).
+	inPod := []string{"--config", good, "--node", "n", "--node-agent-socket", filepath.Join(dir, "a.sock"),
+		"--redirect-cgroup", filepath.Join(dir, "no-cgroup"), "--cni-install", "--cni-api-server", "https://10.0.0.1:443"}
+	t.Setenv("KUBERNETES_SERVICE_HOST", "")
 	tests := []struct {
 		args []string
 		want string
@@ -57,6 +64,10 @@ func TestRunRejectsBadFiles(t *testing.T) {
 		{[]string{"--config", bad, "--node", "n"}, "name, namespace and service account are required"},
 		{[]string{"--config", good, "--node", "n", "--ca-cert", garbage, "--ca-key", garbage}, "--ca-cert: no PEM CERTIFICATE block"},
 		{[]string{"--config", good, "--node", "n", "--log-level", "loud"}, "--log-level"},
+		{append(inPod, "--cni-binary", filepath.Join(dir, "missing-cni")), "cni install: warren-cni binary"},
+		{append(inPod, "--cni-binary", garbage, "--cni-service-account-dir", dir), "cni install: service account token"},
+		{append(inPod, "--cni-binary", garbage, "--cni-api-server", ""), "KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set (not running in a pod?); set --cni-api-server"},
+		{append(inPod, "--cni-binary", garbage, "--cni-api-server", "http://10.0.0.1"), `API server URL "http://10.0.0.1": want https://host:port`},
 	}
 	for _, tc := range tests {
 		t.Run(tc.want, func(t *testing.T) {

@@ -493,4 +493,3 @@ func TestServerFromEnv(t *testing.T) {
 		}
 	}
 }
-
