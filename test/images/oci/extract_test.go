@@ -47,6 +47,8 @@ func TestExtractAppliesLayersInOrder(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Extract: %v", err)
 	}
+	// Without root, the read-only directory would stop t.TempDir's cleanup.
+	t.Cleanup(func() { os.Chmod(filepath.Join(rootfs, "ro"), 0o755) })
 	want := []string{
 		"a drwxr-xr-x",
 		"a/y -rw-r--r-- = y2",
