@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -39,9 +40,18 @@ const exitCheckTimeout = 10 * time.Second
 // cannot tell (the API server is unreachable, the pod or its owner cannot be read, the pod has
 // no DaemonSet owner) it keeps everything: an uninstall by mistake would let captured pods talk
 // in plaintext. reason says why, for the log.
-func decideOnExit(ctx context.Context, c kubernetes.Interface, namespace, pod string) (uninstall bool, reason string) {
+//
+// One exception: if the same reads succeeded when the ztunnel started (verifiedAtStart) and are
+// now refused as unauthorized or forbidden, its ServiceAccount or RBAC was deleted since, which
+// is what uninstalling Warren does (a namespace deletion, or helm uninstall deleting the
+// RoleBinding as it deletes the DaemonSet); keeping the chaining then would leave a warren-cni
+// entry whose token no longer works, failing every new pod on the node.
+func decideOnExit(ctx context.Context, c kubernetes.Interface, namespace, pod string, verifiedAtStart bool) (uninstall bool, reason string) {
 	p, err := c.CoreV1().Pods(namespace).Get(ctx, pod, metav1.GetOptions{})
 	if err != nil {
+		if lostAccess(err) && verifiedAtStart {
+			return true, fmt.Sprintf("reading my pod %s/%s worked at start and is now refused (%v): my ServiceAccount or its RBAC was deleted, as an uninstall does", namespace, pod, err)
+		}
 		return false, fmt.Sprintf("cannot read my pod %s/%s, so cannot tell an upgrade from an uninstall: %v", namespace, pod, err)
 	}
 	ref := metav1.GetControllerOf(p)
@@ -52,6 +62,8 @@ func decideOnExit(ctx context.Context, c kubernetes.Interface, namespace, pod st
 	switch {
 	case apierrors.IsNotFound(err):
 		return true, fmt.Sprintf("DaemonSet %s/%s is gone", namespace, ref.Name)
+	case err != nil && lostAccess(err) && verifiedAtStart:
+		return true, fmt.Sprintf("reading DaemonSet %s/%s worked at start and is now refused (%v): my ServiceAccount or its RBAC was deleted, as an uninstall does", namespace, ref.Name, err)
 	case err != nil:
 		return false, fmt.Sprintf("cannot read DaemonSet %s/%s, so cannot tell an upgrade from an uninstall: %v", namespace, ref.Name, err)
 	case ds.DeletionTimestamp != nil:
@@ -61,6 +73,24 @@ func decideOnExit(ctx context.Context, c kubernetes.Interface, namespace, pod st
 	default:
 		return false, fmt.Sprintf("DaemonSet %s/%s is still there (a restart or an upgrade)", namespace, ref.Name)
 	}
+}
+
+func lostAccess(err error) bool { return apierrors.IsUnauthorized(err) || apierrors.IsForbidden(err) }
+
+// verifyAccess makes the reads decideOnExit needs (its pod, its DaemonSet); nil means they work.
+func verifyAccess(ctx context.Context, c kubernetes.Interface, namespace, pod string) error {
+	p, err := c.CoreV1().Pods(namespace).Get(ctx, pod, metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("get my pod: %w", err)
+	}
+	ref := metav1.GetControllerOf(p)
+	if ref == nil || ref.Kind != "DaemonSet" || !isAppsGroup(ref.APIVersion) {
+		return fmt.Errorf("my pod %s/%s is not controlled by a DaemonSet", namespace, pod)
+	}
+	if _, err := c.AppsV1().DaemonSets(namespace).Get(ctx, ref.Name, metav1.GetOptions{}); err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("get my DaemonSet: %w", err)
+	}
+	return nil
 }
 
 func isAppsGroup(apiVersion string) bool {
@@ -75,10 +105,11 @@ type exitPolicy struct {
 	client         kubernetes.Interface
 	clientErr      error
 	namespace, pod string
+	verified       atomic.Bool // verifyAccess succeeded since start
 }
 
-func newExitPolicy(o options) exitPolicy {
-	p := exitPolicy{mode: o.uninstallOnExit, namespace: o.podNamespace, pod: o.podName}
+func newExitPolicy(o options) *exitPolicy {
+	p := &exitPolicy{mode: o.uninstallOnExit, namespace: o.podNamespace, pod: o.podName}
 	if p.mode != exitAuto {
 		return p
 	}
@@ -104,7 +135,36 @@ func newExitPolicy(o options) exitPolicy {
 	return p
 }
 
-func (p exitPolicy) decide() (uninstall bool, reason string) {
+// verify checks, until it works or ctx ends, that the reads decideOnExit needs are allowed
+// (without blocking the start on the API server); it logs the first failure.
+func (p *exitPolicy) verify(ctx context.Context, log *slog.Logger) {
+	if p.client == nil {
+		return
+	}
+	for logged := false; ; {
+		vctx, cancel := context.WithTimeout(ctx, exitCheckTimeout)
+		err := verifyAccess(vctx, p.client, p.namespace, p.pod)
+		cancel()
+		if err == nil {
+			p.verified.Store(true)
+			if logged {
+				log.Info("reading my pod and DaemonSet works now: the exit check can tell an upgrade from an uninstall")
+			}
+			return
+		}
+		if !logged {
+			log.Warn("cannot read my pod and DaemonSet (RBAC: get pods and daemonsets.apps in my namespace); retrying. Until it works, an exit keeps Warren installed unless the DaemonSet is seen gone", "error", err.Error())
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
+func (p *exitPolicy) decide() (uninstall bool, reason string) {
 	switch p.mode {
 	case exitAlways:
 		return true, "--uninstall-on-exit=always"
@@ -116,13 +176,13 @@ func (p exitPolicy) decide() (uninstall bool, reason string) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), exitCheckTimeout)
 	defer cancel()
-	return decideOnExit(ctx, p.client, p.namespace, p.pod)
+	return decideOnExit(ctx, p.client, p.namespace, p.pod, p.verified.Load())
 }
 
 // onExit removes Warren from the node if the policy says so: the CNI chaining first (so that no
 // new pod asks for a node agent that is gone), then the eBPF redirect (captured pods connect
 // directly again). Otherwise it keeps both and says why.
-func onExit(p exitPolicy, inst *cniinstall.Installer, rd *redirect.Redirector, pinPath string, log *slog.Logger) error {
+func onExit(p *exitPolicy, inst *cniinstall.Installer, rd *redirect.Redirector, pinPath string, log *slog.Logger) error {
 	uninstall, reason := p.decide()
 	if !uninstall {
 		log.Info("exiting without uninstalling: the CNI chaining and the eBPF redirect pins stay, captured pods fail closed until the next ztunnel", "reason", reason)

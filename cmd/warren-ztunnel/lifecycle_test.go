@@ -17,6 +17,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
@@ -159,6 +160,27 @@ func TestExitDecision(t *testing.T) {
 		t.Fatal(err)
 	}
 	forbidden := clientset(t, nobody.Config())
+	// One that may read pods but not DaemonSets (RBAC half deleted).
+	podReader, err := env.Environment.AddUser(crenvtest.User{Name: "pod-reader"}, env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, obj := range []client.Object{
+		&rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "pod-reader", Namespace: c.ns},
+			Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}}}},
+		&rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "pod-reader", Namespace: c.ns},
+			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "pod-reader"},
+			Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "pod-reader"}}},
+	} {
+		if err := env.Client.Create(context.Background(), obj); err != nil {
+			t.Fatal(err)
+		}
+	}
+	halfForbidden := clientset(t, podReader.Config())
+	envtest.Eventually(t, 10*time.Second, func() error { // the RBAC authorizer's cache
+		_, err := halfForbidden.CoreV1().Pods(c.ns).Get(context.Background(), "present-x", metav1.GetOptions{})
+		return err
+	})
 
 	tests := []struct {
 		name          string
@@ -174,18 +196,44 @@ func TestExitDecision(t *testing.T) {
 		{"bare pod", admin, "bare", false, "is not controlled by a DaemonSet"},
 		{"pod not found", admin, "nope", false, "cannot read my pod"},
 		{"API unreachable", unreachable, "gone-x", false, "cannot read my pod"},
-		{"no permission", forbidden, "gone-x", false, "forbidden"},
+		{"no permission", forbidden, "present-x", false, "forbidden"},
+		{"permission lost since start", forbidden, "present-x", true, "worked at start and is now refused"},
+		{"unreachable since start", unreachable, "present-x", false, "cannot read my pod"},
+		{"DaemonSet unreadable", halfForbidden, "present-x", false, "cannot read DaemonSet"},
+		{"DaemonSet unreadable since start", halfForbidden, "present-x", true, "reading DaemonSet " + c.ns + "/present worked at start and is now refused"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), exitCheckTimeout)
 			defer cancel()
-			got, reason := decideOnExit(ctx, tc.c, c.ns, tc.pod)
+			verified := strings.HasSuffix(tc.name, "since start")
+			got, reason := decideOnExit(ctx, tc.c, c.ns, tc.pod, verified)
 			if got != tc.wantUninstall || !strings.Contains(reason, tc.wantReason) {
 				t.Errorf("decideOnExit(%s) = %v, %q; want %v, %q", tc.pod, got, reason, tc.wantUninstall, tc.wantReason)
 			}
 		})
 	}
+
+	t.Run("verifyAccess", func(t *testing.T) {
+		ctx := context.Background()
+		if err := verifyAccess(ctx, admin, c.ns, "gone-x"); err != nil {
+			t.Errorf("verifyAccess with the DaemonSet gone = %v; want nil (the read is allowed)", err)
+		}
+		for _, tc := range []struct {
+			c    kubernetes.Interface
+			pod  string
+			want string
+		}{
+			{forbidden, "present-x", "get my pod"},
+			{admin, "bare", "not controlled by a DaemonSet"},
+			{unreachable, "present-x", "get my pod"},
+			{halfForbidden, "present-x", "get my DaemonSet"},
+		} {
+			if err := verifyAccess(ctx, tc.c, c.ns, tc.pod); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("verifyAccess(%s) = %v; want an error containing %q", tc.pod, err, tc.want)
+			}
+		}
+	})
 
 	t.Run("process", func(t *testing.T) { testProcessLifecycle(t, c) })
 }

@@ -26,9 +26,11 @@
 // On exit (SIGTERM) it decides between an upgrade and an uninstall (--uninstall-on-exit, default
 // auto): only when the DaemonSet that owns its pod (--pod-name/--pod-namespace, from $POD_NAME and
 // $POD_NAMESPACE) is gone or being deleted does it remove the CNI entry, kubeconfig and binary and
-// the eBPF redirect pins, so pods go back to plain networking; otherwise, or when it cannot tell
-// (no API server), everything stays and captured pods fail closed until the next ztunnel adopts
-// them. Its ServiceAccount needs get on pods and on daemonsets.apps in its namespace.
+// the eBPF redirect pins, so pods go back to plain networking (reads that worked at start and are
+// refused at exit count as that too: the uninstall deleted its ServiceAccount or RBAC first);
+// otherwise, or when it cannot tell (no API server), everything stays and captured pods fail
+// closed until the next ztunnel adopts them. Its ServiceAccount needs get on pods and on
+// daemonsets.apps in its namespace.
 package main
 
 import (
@@ -334,12 +336,13 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		// Readiness also needs the chaining: main serves it (zt.Ready and inst.Ready).
 		zcfg.ReadyAddr = ""
 	}
-	var exit exitPolicy
+	var exit *exitPolicy
 	if rd != nil {
 		exit = newExitPolicy(o)
 		if exit.clientErr != nil {
 			log.Warn("on exit, Warren will stay installed on this node whatever happens to the DaemonSet", "reason", exit.clientErr.Error())
 		}
+		go exit.verify(ctx, log)
 	}
 	zt, err := ztunnel.New(zcfg)
 	if err != nil {
