@@ -80,8 +80,10 @@ type Config struct {
 const (
 	// maxDialAttempts is how many endpoints a connection tries before it is given up.
 	maxDialAttempts = 3
-	// retryInterval is how soon a reconcile that failed (an address, a listener) is retried.
-	retryInterval = time.Second
+	// retryInterval is how soon a reconcile that failed (an address, a listener) is retried; it
+	// doubles while the failures go on, up to maxRetryInterval.
+	retryInterval    = time.Second
+	maxRetryInterval = 30 * time.Second
 )
 
 // Proxy is one node's service proxy and DNS server. Create it with [New] and start it with
@@ -171,6 +173,10 @@ func (p *Proxy) Run(ctx context.Context) (err error) {
 	}
 	factory := informers.NewSharedInformerFactory(p.cfg.Client, 0)
 	defer factory.Shutdown()
+	// The informers stop with this context: cancel it (before Shutdown waits for them) when Run
+	// returns early with an error.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	svcs := factory.Core().V1().Services()
 	slices := factory.Discovery().V1().EndpointSlices()
 	for name, inf := range map[string]cache.SharedIndexInformer{"services": svcs.Informer(), "endpointslices": slices.Informer()} {
@@ -195,28 +201,38 @@ func (p *Proxy) Run(ctx context.Context) (err error) {
 		return err
 	}
 
-	var retry <-chan time.Time
-	for {
-		list := func() error {
-			s, err := svcs.Lister().List(labels.Everything())
-			if err != nil {
-				return fmt.Errorf("svcproxy: list services from cache: %w", err)
-			}
-			es, err := slices.Lister().List(labels.Everything())
-			if err != nil {
-				return fmt.Errorf("svcproxy: list endpointslices from cache: %w", err)
-			}
-			snap, problems := buildSnapshot(s, es)
-			for _, pr := range problems {
+	// reported holds the problems already logged, so each is logged once while it lasts.
+	reported := map[string]bool{}
+	sync := func() error {
+		s, err := svcs.Lister().List(labels.Everything())
+		if err != nil {
+			return fmt.Errorf("svcproxy: list services from cache: %w", err)
+		}
+		es, err := slices.Lister().List(labels.Everything())
+		if err != nil {
+			return fmt.Errorf("svcproxy: list endpointslices from cache: %w", err)
+		}
+		snap, problems := buildSnapshot(s, es)
+		now := map[string]bool{}
+		for _, pr := range problems {
+			if now[pr] = true; !reported[pr] {
 				p.log.Warn("service skipped in part", "problem", pr)
 			}
-			p.snap.Store(snap)
-			return p.reconcile(snap)
 		}
+		reported = now
+		p.snap.Store(snap)
+		return p.reconcile(snap)
+	}
+	var retry <-chan time.Time
+	backoff := retryInterval
+	for {
 		retry = nil
-		if err := list(); err != nil {
-			p.log.Error("service proxy reconcile failed; retrying", "err", err, "in", retryInterval)
-			retry = time.After(retryInterval)
+		if err := sync(); err != nil {
+			p.log.Error("service proxy reconcile failed; retrying", "err", err, "in", backoff)
+			retry = time.After(backoff)
+			backoff = min(2*backoff, maxRetryInterval)
+		} else {
+			backoff = retryInterval
 		}
 		select {
 		case <-ctx.Done():
@@ -309,14 +325,14 @@ func (p *Proxy) shutdown() error {
 	return errors.Join(errs...)
 }
 
-// ensureAddr adds ip to the node netns's lo unless this proxy already did.
+// ensureAddr adds ip to the node netns's lo unless this proxy already did. An address already
+// there (left by an earlier run that did not clean up) is taken over: it is removed at the end.
 func (p *Proxy) ensureAddr(ip netip.Addr) error {
 	if p.addrs[ip] {
 		return nil
 	}
-	out, err := p.ip("addr", "add", netip.PrefixFrom(ip, ip.BitLen()).String(), "dev", "lo")
-	// An address left by an earlier run that did not clean up is taken over.
-	if err != nil && !strings.Contains(out, "File exists") {
+	// replace is add that succeeds when the address exists.
+	if out, err := p.ip("addr", "replace", netip.PrefixFrom(ip, ip.BitLen()).String(), "dev", "lo"); err != nil {
 		return fmt.Errorf("svcproxy: add %s to lo in %s: %w: %s", ip, p.cfg.NodeNetns, err, strings.TrimSpace(out))
 	}
 	p.addrs[ip] = true
@@ -324,15 +340,45 @@ func (p *Proxy) ensureAddr(ip netip.Addr) error {
 	return nil
 }
 
-// removeAddr removes ip from the node netns's lo.
+// removeAddr removes ip from the node netns's lo, if it is there.
 func (p *Proxy) removeAddr(ip netip.Addr) error {
-	out, err := p.ip("addr", "del", netip.PrefixFrom(ip, ip.BitLen()).String(), "dev", "lo")
-	if err != nil && !strings.Contains(out, "Cannot assign requested address") {
-		return fmt.Errorf("svcproxy: remove %s from lo in %s: %w: %s", ip, p.cfg.NodeNetns, err, strings.TrimSpace(out))
+	present, err := p.hasAddr(ip)
+	if err != nil {
+		return err
+	}
+	if present {
+		if out, err := p.ip("addr", "del", netip.PrefixFrom(ip, ip.BitLen()).String(), "dev", "lo"); err != nil {
+			return fmt.Errorf("svcproxy: remove %s from lo in %s: %w: %s", ip, p.cfg.NodeNetns, err, strings.TrimSpace(out))
+		}
 	}
 	delete(p.addrs, ip)
 	p.log.Debug("address removed", "addr", ip)
 	return nil
+}
+
+// hasAddr reports whether ip is on the node netns's lo.
+func (p *Proxy) hasAddr(ip netip.Addr) (bool, error) {
+	var found bool
+	err := inNetns(p.cfg.NodeNetns, func() error {
+		lo, err := net.InterfaceByName("lo")
+		if err != nil {
+			return err
+		}
+		as, err := lo.Addrs()
+		if err != nil {
+			return err
+		}
+		for _, a := range as {
+			if pfx, err := netip.ParsePrefix(a.String()); err == nil && pfx.Addr() == ip {
+				found = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return false, fmt.Errorf("svcproxy: addresses of lo in %s: %w", p.cfg.NodeNetns, err)
+	}
+	return found, nil
 }
 
 // ip runs the ip command inside the node netns.

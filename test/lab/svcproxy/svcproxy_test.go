@@ -34,6 +34,7 @@ var (
 	// ClusterIPs picked by the test (envtest's range is 10.0.0.0/24), away from the DNS address.
 	webIP   = netip.MustParseAddr("10.0.0.50")
 	emptyIP = netip.MustParseAddr("10.0.0.52")
+	busyIP  = netip.MustParseAddr("10.0.0.53")
 )
 
 // tbWriter sends log lines to the test log.
@@ -387,6 +388,47 @@ func TestProxy(t *testing.T) {
 		}
 		if !slices.Contains(loAddrs(t, node), emptyIP) {
 			t.Errorf("%s (another Service) left lo too", emptyIP)
+		}
+	})
+
+	t.Run("Run twice fails", func(t *testing.T) {
+		if err := p.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "Run called twice") {
+			t.Errorf("second Run = %v, want an error saying it was called twice", err)
+		}
+	})
+
+	t.Run("a listener that cannot bind is retried", func(t *testing.T) {
+		// Something else holds busyIP:80 in the node netns when the Service appears.
+		node.IP(t, "addr", "add", busyIP.String()+"/32", "dev", "lo")
+		busy := node.Listen(t, "tcp4", netip.AddrPortFrom(busyIP, 80).String())
+		netns.Serve(busy, func(net.Conn) string { return "squatter" })
+		c.service(t, "busy", busyIP, corev1.ServicePort{Name: "http", Port: 80})
+		c.slice(t, "busy-1", "busy", port("http", 8080), ready("10.98.0.3"))
+		wantFetch(t, node, netip.AddrPortFrom(busyIP, 80), "squatter")
+		busy.Close()
+		wantFetch(t, node, netip.AddrPortFrom(busyIP, 80), "b2")
+	})
+
+	t.Run("a taken DNS port fails Run with a clear error", func(t *testing.T) {
+		other := netns.New(t)
+		other.IP(t, "addr", "add", clusterDNS.String()+"/32", "dev", "lo")
+		var squat net.PacketConn
+		if err := other.Do(func() (err error) {
+			squat, err = net.ListenPacket("udp4", netip.AddrPortFrom(clusterDNS, 53).String())
+			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		defer squat.Close()
+		p2, err := svcproxy.New(svcproxy.Config{Client: cs, NodeNetns: other.Path, ClusterDNS: clusterDNS, ClusterDomain: "cluster.local", Log: testLogger(t)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		err = p2.Run(ctx)
+		if err == nil || !strings.Contains(err.Error(), "dns: listen udp 10.0.0.10:53") || ctx.Err() != nil {
+			t.Errorf("Run with the DNS port taken = %v, want an error naming the DNS address at once", err)
 		}
 	})
 
