@@ -93,10 +93,10 @@ func newContainers(w *podWorker, spec *corev1.PodSpec) []*ctr {
 type outcome int
 
 const (
-	exited       outcome = iota // the process ran and exited (or was killed)
-	notStarted                  // image or configuration failure: retry without counting a restart
-	startFailed                 // the runtime could not start it (StartError, counts as a restart)
-	lifeEnded                   // the pod is being torn down
+	exited      outcome = iota // the process ran and exited (or was killed)
+	notStarted                 // image or configuration failure: retry without counting a restart
+	startFailed                // the runtime could not start it (StartError, counts as a restart)
+	lifeEnded                  // the pod is being torn down
 )
 
 // runInitContainers runs the init containers in order to completion; false when the pod
@@ -441,7 +441,7 @@ func (w *podWorker) containerSpec(ctx context.Context, c *ctr, rootfs string, im
 		}
 		if sub != "" {
 			if filepath.IsAbs(sub) || slices.Contains(strings.Split(filepath.ToSlash(sub), "/"), "..") {
-				return shimSpec{}, fmt.Errorf("volume mount %s: subPath %q must be a relative path without ..", vm.MountPath, sub)
+				return shimSpec{}, fmt.Errorf("volume mount %s: subPath %q must be relative and must not contain a .. element", vm.MountPath, sub)
 			}
 			src = filepath.Join(src, sub)
 			if _, err := os.Lstat(src); errors.Is(err, os.ErrNotExist) {

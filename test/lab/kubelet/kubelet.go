@@ -144,51 +144,51 @@ type Kubelet struct {
 func New(cfg Config) (*Kubelet, error) {
 	var errs []error
 	if cfg.Client == nil {
-		errs = append(errs, errors.New("Client is nil"))
+		errs = append(errs, errors.New("field Client is nil"))
 	}
 	if cfg.NodeName == "" {
-		errs = append(errs, errors.New("NodeName is empty"))
+		errs = append(errs, errors.New("field NodeName is empty"))
 	}
 	if !cfg.NodeIP.IsValid() {
-		errs = append(errs, errors.New("NodeIP is not set"))
+		errs = append(errs, errors.New("field NodeIP is not set"))
 	}
 	if !cfg.ClusterDNS.IsValid() {
-		errs = append(errs, errors.New("ClusterDNS is not set"))
+		errs = append(errs, errors.New("field ClusterDNS is not set"))
 	}
 	if cfg.ClusterDomain == "" {
-		errs = append(errs, errors.New("ClusterDomain is empty"))
+		errs = append(errs, errors.New("field ClusterDomain is empty"))
 	}
 	if cfg.Images == nil {
-		errs = append(errs, errors.New("Images is nil"))
+		errs = append(errs, errors.New("field Images is nil"))
 	}
 	if cfg.NetnsPrefix == "" || strings.ContainsAny(cfg.NetnsPrefix, "/ ") {
-		errs = append(errs, fmt.Errorf("NetnsPrefix %q must be a non-empty name without slashes or spaces", cfg.NetnsPrefix))
+		errs = append(errs, fmt.Errorf("field NetnsPrefix %q must be a non-empty name without slashes or spaces", cfg.NetnsPrefix))
 	}
 	for name, dir := range map[string]string{"NodeRoot": cfg.NodeRoot, "CgroupParent": cfg.CgroupParent, "StateDir": cfg.StateDir} {
 		if !filepath.IsAbs(dir) {
-			errs = append(errs, fmt.Errorf("%s %q is not an absolute path", name, dir))
+			errs = append(errs, fmt.Errorf("field %s %q is not an absolute path", name, dir))
 			continue
 		}
 		if st, err := os.Stat(dir); err != nil || !st.IsDir() {
-			errs = append(errs, fmt.Errorf("%s %s is not a directory (%v)", name, dir, err))
+			errs = append(errs, fmt.Errorf("field %s %s is not a directory (%v)", name, dir, err))
 		}
 	}
 	if cfg.CgroupParent != "" {
 		if _, err := os.Stat(filepath.Join(cfg.CgroupParent, "cgroup.procs")); err != nil {
-			errs = append(errs, fmt.Errorf("CgroupParent %s is not a cgroup v2 directory: %w", cfg.CgroupParent, err))
+			errs = append(errs, fmt.Errorf("field CgroupParent %s is not a cgroup v2 directory: %w", cfg.CgroupParent, err))
 		}
 	}
 	if cfg.NodeNetns != "" {
 		if _, err := os.Stat(cfg.NodeNetns); err != nil {
-			errs = append(errs, fmt.Errorf("NodeNetns: %w", err))
+			errs = append(errs, fmt.Errorf("field NodeNetns: %w", err))
 		}
 	}
 	if st, err := os.Stat(cfg.ShimPath); err != nil || st.Mode()&0o111 == 0 {
-		errs = append(errs, fmt.Errorf("ShimPath %q is not an executable (build test/lab/kubelet/shim): %v", cfg.ShimPath, err))
+		errs = append(errs, fmt.Errorf("field ShimPath %q is not an executable (build test/lab/kubelet/shim): %v", cfg.ShimPath, err))
 	}
 	for _, p := range cfg.NodeLocalPaths {
 		if !filepath.IsAbs(p) {
-			errs = append(errs, fmt.Errorf("NodeLocalPaths entry %q is not absolute", p))
+			errs = append(errs, fmt.Errorf("field NodeLocalPaths entry %q is not absolute", p))
 		}
 	}
 	if len(errs) > 0 {

@@ -594,6 +594,77 @@ func TestKubelet(t *testing.T) {
 		f.deleteAndWait(t, "hostnet")
 	})
 
+	t.Run("hostPath volumes: node-local paths and HostToContainer propagation", func(t *testing.T) {
+		c := appContainer("main")
+		toContainer := corev1.MountPropagationHostToContainer
+		c.VolumeMounts = []corev1.VolumeMount{
+			{Name: "warren", MountPath: "/var/run/warren"},
+			{Name: "netns", MountPath: "/var/run/netns", MountPropagation: &toContainer},
+		}
+		dirOrCreate := corev1.HostPathDirectoryOrCreate
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "hostpaths", Namespace: ns}, Spec: corev1.PodSpec{
+			NodeName: "node-kt", ServiceAccountName: "default", Containers: []corev1.Container{c},
+			Volumes: []corev1.Volume{
+				{Name: "warren", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/var/run/warren", Type: &dirOrCreate}}},
+				{Name: "netns", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/run/netns"}}},
+			},
+		}}
+		if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 30*time.Second, "pod running", func() error {
+			if info, ok := k.Pod(ns, "hostpaths"); !ok || info.Containers["main"].Pid == 0 {
+				return errors.New("not running")
+			}
+			return nil
+		})
+		f.exec(t, "hostpaths", "main", "app", "touch", "/var/run/warren/from-pod")
+		if _, err := os.Stat(filepath.Join(n.root, "var/run/warren/from-pod")); err != nil {
+			t.Errorf("a node-local hostPath is not served from the node root: %v", err)
+		}
+		// A network namespace created after the pod started is visible, as a namespace file,
+		// inside it (what the ztunnel needs from /var/run/netns).
+		late := n.prefix + "late"
+		run(t, "ip", "netns", "add", late)
+		defer func() { _ = exec.Command("ip", "netns", "del", late).Run() }()
+		const nsfsMagic = "0x6e736673"
+		if got := f.exec(t, "hostpaths", "main", "app", "fstype", "/var/run/netns/"+late); got != nsfsMagic {
+			t.Errorf("new netns inside the container has file system type %s, want nsfs %s (mount propagation)", got, nsfsMagic)
+		}
+		f.deleteAndWait(t, "hostpaths")
+	})
+
+	t.Run("hostPath type check failure keeps the container creating", func(t *testing.T) {
+		c := appContainer("main")
+		c.VolumeMounts = []corev1.VolumeMount{{Name: "missing", MountPath: "/missing"}}
+		dir := corev1.HostPathDirectory
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "badhostpath", Namespace: ns}, Spec: corev1.PodSpec{
+			NodeName: "node-kt", ServiceAccountName: "default", Containers: []corev1.Container{c},
+			Volumes: []corev1.Volume{{Name: "missing", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{Path: "/" + n.prefix + "missing", Type: &dir}}}},
+		}}
+		if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 30*time.Second, "FailedMount event", func() error {
+			evs, err := cs.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=badhostpath"})
+			if err != nil {
+				return err
+			}
+			for _, e := range evs.Items {
+				if e.Reason == "FailedMount" && strings.Contains(e.Message, "does not exist (type Directory)") {
+					return nil
+				}
+			}
+			return fmt.Errorf("no FailedMount event in %d events", len(evs.Items))
+		})
+		p := f.pod(t, "badhostpath")
+		if p.Status.Phase != corev1.PodPending || len(p.Status.ContainerStatuses) != 1 || p.Status.ContainerStatuses[0].State.Waiting == nil ||
+			p.Status.ContainerStatuses[0].State.Waiting.Reason != "ContainerCreating" {
+			t.Errorf("phase %s statuses %+v, want Pending and ContainerCreating", p.Status.Phase, p.Status.ContainerStatuses)
+		}
+		f.deleteAndWait(t, "badhostpath")
+	})
+
 	t.Run("bad image waits in ErrImagePull", func(t *testing.T) {
 		c := appContainer("main")
 		c.Image = "missing:v1"

@@ -214,11 +214,11 @@ func (w *podWorker) hostPath(h *corev1.HostPathVolumeSource) (string, error) {
 			return "", fmt.Errorf("hostPath type check failed: %s does not exist (type %s)", p, typ)
 		}
 		ok := map[corev1.HostPathType]bool{
-			corev1.HostPathDirectory:   st.IsDir(),
-			corev1.HostPathFile:        st.Mode().IsRegular(),
-			corev1.HostPathSocket:      st.Mode()&os.ModeSocket != 0,
-			corev1.HostPathCharDev:     st.Mode()&os.ModeCharDevice != 0,
-			corev1.HostPathBlockDev:    st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0,
+			corev1.HostPathDirectory: st.IsDir(),
+			corev1.HostPathFile:      st.Mode().IsRegular(),
+			corev1.HostPathSocket:    st.Mode()&os.ModeSocket != 0,
+			corev1.HostPathCharDev:   st.Mode()&os.ModeCharDevice != 0,
+			corev1.HostPathBlockDev:  st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0,
 		}
 		good, known := ok[typ]
 		if !known {
@@ -424,7 +424,7 @@ func (w *podWorker) token(ctx context.Context, pod *corev1.Pod, v *podVolume, id
 func writeAtomic(dir string, files map[string]file) error {
 	for p := range files {
 		if p == "" || filepath.IsAbs(p) || slices.Contains(strings.Split(p, "/"), "..") || strings.HasPrefix(p, "..") {
-			return fmt.Errorf("volume file path %q must be relative, without .. and not start with ..", p)
+			return fmt.Errorf("volume file path %q must be relative, with no .. element, and must not start with two dots", p)
 		}
 	}
 	data := filepath.Join(dir, "..data")

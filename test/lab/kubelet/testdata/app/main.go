@@ -28,7 +28,7 @@ func main() {
 		return
 	}
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: app serve ADDR | touch PATH | cat PATH | exit CODE")
+		fmt.Fprintln(os.Stderr, "usage: app serve ADDR | touch PATH | cat PATH | fstype PATH | exit CODE")
 		os.Exit(2)
 	}
 	arg := ""
@@ -50,6 +50,13 @@ func main() {
 			os.Exit(1)
 		}
 		os.Stdout.Write(b)
+	case "fstype":
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(arg, &st); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		fmt.Printf("%#x", st.Type)
 	case "exit":
 		code, _ := strconv.Atoi(arg)
 		os.Exit(code)
