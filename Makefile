@@ -61,8 +61,9 @@ demo: deps envtest-bins lab-bins
 demo-inprocess:
 	$(GO) run ./test/demo
 
-## envtest-bins: kube-apiserver and etcd for the control-plane tier, built from test/tools into
-## .cache/bin (a no-op when up to date; ~6 min on 2 cores the first time).
+## envtest-bins: kube-apiserver and etcd for the control-plane tier, and kube-controller-manager
+## and kube-scheduler for the lab cluster, built from test/tools into .cache/bin (a no-op when up
+## to date; ~6 min on 2 cores the first time for the first two, ~10 min more for the other two).
 envtest-bins:
 	test/tools/build.sh kube-apiserver etcd kube-controller-manager kube-scheduler
 
