@@ -10,7 +10,7 @@
 #                   loopback into <bin>/cni/ (test/tools/cni/go.mod), for the lab (test/lab)
 #   helm            helm.sh/helm/v3 v3.22.0        (test/tools/helm/go.mod), renders manifests/charts
 # Idempotent: a binary is rebuilt only when missing or when the go.mod/go.sum (or
-# source) that pins it changed since it was built (a sha256 stamp next to it). Usage: test/tools/build.sh [kube-apiserver|etcd|controller-gen|cni-plugins]...
+# source) that pins it changed since it was built (a sha256 stamp next to it). Usage: test/tools/build.sh [kube-apiserver|kube-controller-manager|kube-scheduler|etcd|controller-gen|cni-plugins|helm]...
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -57,6 +57,6 @@ for t in "${targets[@]}"; do
 			build "cni/${p#*/}" "$here/cni" "github.com/containernetworking/plugins/plugins/$p" "$here/cni/go.mod" "$here/cni/go.sum"
 		done
 		;;
-	*) echo "build.sh: unknown tool $t (want kube-apiserver, etcd, controller-gen, cni-plugins or helm)" >&2; exit 2 ;;
+	*) echo "build.sh: unknown tool $t (want kube-apiserver, kube-controller-manager, kube-scheduler, etcd, controller-gen, cni-plugins or helm)" >&2; exit 2 ;;
 	esac
 done
