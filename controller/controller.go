@@ -7,6 +7,8 @@
 // waypoint of every Gateway of class warren-waypoint (ServiceAccount, Deployment, Service and
 // root ConfigMap, owned by the Gateway), writes the Gateway's address and Accepted/Programmed
 // conditions, and accepts GatewayClasses whose controllerName is warren.dev/waypoint-controller.
+// With Config.LeaderElection, several replicas share the work: all of them translate, push and
+// sign; only the elected one writes to the API server (see LeaderElection).
 //
 // cmd/warren-controller imports it; nothing else should.
 package controller
@@ -35,10 +37,13 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrlconfig "sigs.k8s.io/controller-runtime/pkg/config"
+	crcontroller "sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/manager"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/source"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/warren-mesh/warren/api/nodeconfig"
@@ -73,6 +78,12 @@ type Config struct {
 	CAService kubeca.ServiceConfig
 	// Waypoints says how the waypoint of each Gateway of class warren-waypoint is deployed.
 	Waypoints WaypointConfig
+	// RootsConfigMap, when its Name is set and CA is, is where the leader publishes the CA's
+	// roots (key ca.crt) for node agents to verify the controller with before they have config.
+	RootsConfigMap client.ObjectKey
+	// LeaderElection, when set, elects one leader among the controller's replicas; nil means
+	// this controller is alone and leads from the start.
+	LeaderElection *LeaderElection
 	// Registry receives the controller's metrics.
 	Registry *prometheus.Registry
 	Log      *slog.Logger
@@ -88,6 +99,9 @@ type Controller struct {
 	caGRPC *grpc.Server
 	caLn   net.Listener
 	rec    *meshReconciler
+	leader *leader
+	// synced is closed once the manager's cache has synced (see Ready).
+	synced chan struct{}
 	// isWaypoint answers from the cache whether a ServiceAccount is a waypoint Gateway's.
 	isWaypoint func(ctx context.Context, account string) (bool, error)
 }
@@ -120,7 +134,7 @@ func New(cfg Config) (*Controller, error) {
 	if err != nil {
 		return nil, err
 	}
-	mgr, err := ctrl.NewManager(cfg.Rest, manager.Options{
+	mopts := manager.Options{
 		Scheme:                 scheme,
 		Logger:                 logr.FromSlogHandler(cfg.Log.Handler()),
 		Metrics:                metricsserver.Options{BindAddress: "0"},
@@ -129,9 +143,19 @@ func New(cfg Config) (*Controller, error) {
 		// global metrics registry, which Warren does not use; several controllers may run in
 		// one process (tests).
 		Controller: ctrlconfig.Controller{SkipNameValidation: ptr.To(true)},
-	})
+	}
+	if cfg.LeaderElection != nil {
+		if err := cfg.LeaderElection.options(&mopts); err != nil {
+			return nil, fmt.Errorf("new controller: %w", err)
+		}
+	}
+	mgr, err := ctrl.NewManager(cfg.Rest, mopts)
 	if err != nil {
 		return nil, fmt.Errorf("new controller: manager: %w (is the API server reachable?)", err)
+	}
+	lead, err := newLeader(mgr, cfg.Registry, cfg.Log.With("component", "leader"))
+	if err != nil {
+		return nil, fmt.Errorf("new controller: %w", err)
 	}
 	ps, err := push.New(push.Config{Authenticate: cfg.Authenticate, Log: cfg.Log.With("component", "push"), Registerer: cfg.Registry})
 	if err != nil {
@@ -141,8 +165,40 @@ func New(cfg Config) (*Controller, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new controller: %w", err)
 	}
-	if err := registerWatches(mgr, rec); err != nil {
+	rec.isLeader = lead.IsLeader
+	// A new leader recomputes once, to write the status its predecessor may have left behind.
+	elected := make(chan event.GenericEvent, 1)
+	lead.onElected = func(context.Context) {
+		select {
+		case elected <- event.GenericEvent{Object: &corev1.Namespace{}}:
+		default:
+		}
+	}
+	if err := mgr.Add(lead); err != nil {
 		return nil, fmt.Errorf("new controller: %w", err)
+	}
+	if err := registerWatches(mgr, rec, elected); err != nil {
+		return nil, fmt.Errorf("new controller: %w", err)
+	}
+	synced := make(chan struct{})
+	// Runnables that need no election start once the caches have synced.
+	err = mgr.Add(everyReplica(func(ctx context.Context) error {
+		close(synced)
+		<-ctx.Done()
+		return nil
+	}))
+	if err != nil {
+		return nil, fmt.Errorf("new controller: %w", err)
+	}
+	if cfg.CA != nil && cfg.RootsConfigMap.Name != "" {
+		direct, err := client.New(cfg.Rest, client.Options{Scheme: scheme})
+		if err != nil {
+			return nil, fmt.Errorf("new controller: kubernetes client: %w", err)
+		}
+		err = mgr.Add(&rootsPublisher{c: direct, key: cfg.RootsConfigMap, authority: cfg.CA, log: cfg.Log.With("component", "roots")})
+		if err != nil {
+			return nil, fmt.Errorf("new controller: %w", err)
+		}
 	}
 	td := cfg.TrustDomain
 	if td == "" {
@@ -166,7 +222,8 @@ func New(cfg Config) (*Controller, error) {
 	}
 	g := grpc.NewServer(opts...)
 	ps.Register(g)
-	c := &Controller{cfg: cfg, mgr: mgr, push: ps, grpc: g, pushLn: ln, rec: rec, isWaypoint: kubeca.WaypointGateways(mgr.GetClient())}
+	c := &Controller{cfg: cfg, mgr: mgr, push: ps, grpc: g, pushLn: ln, rec: rec, leader: lead, synced: synced,
+		isWaypoint: kubeca.WaypointGateways(mgr.GetClient())}
 	if cfg.CA != nil {
 		if err := c.newCAService(scheme); err != nil {
 			ln.Close()
@@ -223,22 +280,53 @@ func (c *Controller) PushAddr() net.Addr { return c.pushLn.Addr() }
 // Push returns the push server (for status and debugging).
 func (c *Controller) Push() *push.Server { return c.push }
 
-// Run runs the manager and the push service until ctx ends.
+// IsLeader reports whether this replica is the elected leader, the one that writes status,
+// waypoint objects and the roots ConfigMap. Without Config.LeaderElection it is true once Run
+// started the manager.
+func (c *Controller) IsLeader() bool { return c.leader.IsLeader() }
+
+// Ready returns nil once the controller's cache has synced, so config push and CSR signing answer
+// from a complete view of the cluster; leader or not does not matter. It backs /readyz.
+func (c *Controller) Ready() error {
+	select {
+	case <-c.synced:
+		return nil
+	default:
+		return errors.New("cache not synced yet")
+	}
+}
+
+// Run runs the manager and the push service until ctx ends, then drains: the push service
+// stops gracefully (5s at most) while the manager stops its controllers and, when it led,
+// releases the Lease, so a follower takes over at once. It returns after both stopped.
 func (c *Controller) Run(ctx context.Context) error {
-	errc := make(chan error, 3)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 2)
 	go func() { errc <- c.grpc.Serve(c.pushLn) }()
 	if c.caGRPC != nil {
 		go func() { errc <- c.caGRPC.Serve(c.caLn) }()
 		defer c.caGRPC.Stop()
 	}
-	go func() { errc <- c.mgr.Start(ctx) }()
+	mgrDone := make(chan error, 1)
+	go func() { mgrDone <- c.mgr.Start(ctx) }()
 	var err error
+	mgrStopped := false
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
+	case err = <-mgrDone:
+		mgrStopped = true
 	}
+	cancel()
 	stopped := make(chan struct{})
 	go func() { c.grpc.GracefulStop(); close(stopped) }()
+	if !mgrStopped {
+		// The manager bounds its own shutdown (30s by default).
+		if merr := <-mgrDone; err == nil {
+			err = merr
+		}
+	}
 	select {
 	case <-stopped:
 	case <-time.After(5 * time.Second):
@@ -247,12 +335,21 @@ func (c *Controller) Run(ctx context.Context) error {
 	return err
 }
 
+// everyReplica is a runnable that runs on every replica, leader or not (a plain
+// manager.RunnableFunc runs on the leader only), once the caches have synced.
+type everyReplica func(ctx context.Context) error
+
+func (f everyReplica) Start(ctx context.Context) error { return f(ctx) }
+func (everyReplica) NeedLeaderElection() bool          { return false }
+
 // meshKey is the single work item: any change recomputes the whole mesh (translation is a pure
 // function of the cache, fast enough for 10k pods), and the work queue collapses bursts.
 var meshKey = reconcile.Request{}
 
-// registerWatches makes every watched kind enqueue the single mesh key.
-func registerWatches(mgr manager.Manager, rec *meshReconciler) error {
+// registerWatches makes every watched kind, and each event on elected, enqueue the single mesh
+// key. The mesh controller runs on every replica (each one pushes config); it writes status only
+// while leading.
+func registerWatches(mgr manager.Manager, rec *meshReconciler, elected <-chan event.GenericEvent) error {
 	all := handler.EnqueueRequestsFromMapFunc(func(context.Context, client.Object) []reconcile.Request {
 		return []reconcile.Request{meshKey}
 	})
@@ -262,7 +359,9 @@ func registerWatches(mgr manager.Manager, rec *meshReconciler) error {
 		&policyv1alpha1.NetworkAuthentication{}, &gatewayv1.HTTPRoute{}, &gatewayv1.GRPCRoute{}, &gatewayv1.Gateway{},
 		&gatewayv1.ReferenceGrant{},
 	}
-	bld := builder.ControllerManagedBy(mgr).Named("mesh")
+	bld := builder.ControllerManagedBy(mgr).Named("mesh").
+		WithOptions(crcontroller.Options{NeedLeaderElection: ptr.To(false)}).
+		WatchesRawSource(source.Channel(elected, all))
 	for _, k := range kinds {
 		bld = bld.Watches(k, all)
 	}

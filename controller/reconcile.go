@@ -31,6 +31,8 @@ type meshReconciler struct {
 	push *push.Server
 	cfg  Config
 	log  *slog.Logger
+	// isLeader says whether this replica may write status (only the elected leader does).
+	isLeader func() bool
 
 	translateSeconds prometheus.Histogram
 	statusWrites     prometheus.Counter
@@ -82,6 +84,9 @@ func (r *meshReconciler) Reconcile(ctx context.Context, _ reconcile.Request) (re
 		warnings[w] = true
 	}
 	r.lastWarnings = warnings
+	if r.isLeader != nil && !r.isLeader() {
+		return reconcile.Result{}, nil // followers push config; the leader writes status
+	}
 	if err := r.writeStatus(ctx, out.Status); err != nil {
 		return reconcile.Result{}, err
 	}

@@ -1,6 +1,8 @@
 // Command warren-controller is Warren's control plane: it watches the cluster, translates it
 // into node config, pushes that to every ztunnel over the config push stream (:15012), and writes
-// status conditions on the policy resources.
+// status conditions on the policy resources. With --leader-elect several replicas run side by
+// side: all serve config push and CSR signing, the leader of the Lease warren-controller writes.
+// /metrics, /healthz and /readyz answer on --metrics-addr.
 package main
 
 import (
@@ -24,12 +26,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 
 	"github.com/warren-mesh/warren/api/nodeconfig"
 	"github.com/warren-mesh/warren/ca"
@@ -70,6 +69,8 @@ type options struct {
 	waypointPush    string
 	waypointCA      string
 	logLevel        string
+	leaderElect     bool
+	leaseDuration   time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -97,6 +98,8 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.waypointPush, "waypoint-controller-addr", "", "config push address waypoint pods dial (default warren-controller.<namespace>.svc:<push port>)")
 	fs.StringVar(&o.waypointCA, "waypoint-ca-addr", "", "CSR service address waypoint pods dial (default warren-controller.<namespace>.svc:<ca port>)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&o.leaderElect, "leader-elect", false, "elect a leader among replicas through the Lease "+controller.DefaultLeaseName+" in --namespace: all replicas push config and sign CSRs, only the leader writes status, waypoints and the roots ConfigMap")
+	fs.DurationVar(&o.leaseDuration, "leader-elect-lease-duration", 15*time.Second, "how long followers wait for a silent leader before taking over (renew deadline 2/3 of it, retry period 2/15)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -105,6 +108,12 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	}
 	if _, err := nodeconfig.ParseDefaultPolicy(o.defaultPolicy); err != nil {
 		return o, fmt.Errorf("--default-inbound-policy: %w", err)
+	}
+	if o.leaseDuration < 3*time.Second {
+		return o, fmt.Errorf("--leader-elect-lease-duration: %v is shorter than the 3s minimum", o.leaseDuration)
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected arguments %q: every setting is a --flag", fs.Args())
 	}
 	return o, nil
 }
@@ -117,21 +126,37 @@ func envOr(key, def string) string {
 }
 
 // rootConfigMap is where node agents find the roots to verify the controller with, before they
-// have any config (mounted into the ztunnel as /var/run/secrets/warren/ca.crt).
+// have any config (mounted into the ztunnel as /var/run/secrets/warren/ca.crt). The leader
+// publishes it.
 const rootConfigMap = "warren-ca-root"
 
-// publishRoots writes the CA's trust bundle into the root ConfigMap of the controller's
-// namespace.
-func publishRoots(ctx context.Context, c client.Client, namespace string, authority *ca.CA) error {
-	cm := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: rootConfigMap, Namespace: namespace}}
-	_, err := controllerutil.CreateOrUpdate(ctx, c, cm, func() error {
-		cm.Data = map[string]string{"ca.crt": ca.BundlePEM(authority.Bundle())}
+// leaderElection turns the flags into the controller's election settings (nil: no election).
+func (o options) leaderElection() *controller.LeaderElection {
+	if !o.leaderElect {
 		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("publish roots to configmap %s/%s: %w", namespace, rootConfigMap, err)
 	}
-	return nil
+	return &controller.LeaderElection{
+		Namespace: o.namespace, Name: controller.DefaultLeaseName,
+		LeaseDuration: o.leaseDuration, RenewDeadline: o.leaseDuration * 2 / 3, RetryPeriod: o.leaseDuration * 2 / 15,
+	}
+}
+
+// healthHandler serves the metrics and the probes: /healthz answers 200 while the process
+// serves; /readyz answers 200 once ready() returns nil, else 503 with its error.
+func healthHandler(metrics http.Handler, ready func() error) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", metrics)
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if err := ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = io.WriteString(w, "ok\n")
+	})
+	return mux
 }
 
 func splitList(s string) []string {
@@ -183,12 +208,12 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		ns, name, _ := strings.Cut(o.caIntermediate, "/")
 		authority, err = kubeca.LoadIntermediate(ctx, kc, ns, name, caCfg)
 	} else {
+		// Every replica shares one root: the first to start creates the Secret (an atomic
+		// create), the others load it, and so does the first when it loses the race. No
+		// election is needed for that, and followers need the CA to sign CSRs anyway.
 		authority, err = kubeca.LoadOrCreate(ctx, kc, o.namespace, o.caSecret, caCfg)
 	}
 	if err != nil {
-		return err
-	}
-	if err := publishRoots(ctx, kc, o.namespace, authority); err != nil {
 		return err
 	}
 	// The controller's own serving certificate comes from its CA and rotates like a workload's.
@@ -242,8 +267,10 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			Image: o.waypointImage, ControllerAddr: svcAddr(o.waypointPush, o.pushAddr), CAAddr: svcAddr(o.waypointCA, o.caAddr),
 			Audience: o.audience, ControllerIdentity: selfID.String(), Plaintext: o.plaintext,
 		},
-		Registry: reg,
-		Log:      log,
+		RootsConfigMap: client.ObjectKey{Namespace: o.namespace, Name: rootConfigMap},
+		LeaderElection: o.leaderElection(),
+		Registry:       reg,
+		Log:            log,
 	})
 	if err != nil {
 		return err
@@ -255,7 +282,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("metrics: %w", err)
 		}
-		srv := &http.Server{Handler: promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), ReadHeaderTimeout: 10 * time.Second}
+		srv := &http.Server{Handler: healthHandler(promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), c.Ready), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				log.Error("metrics server stopped", "error", err)
@@ -264,6 +291,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		defer srv.Close()
 	}
 	log.Info("warren-controller started", "push", c.PushAddr().String(), "ca", c.CAAddr().String(),
-		"trust_domain", o.trustDomain, "identity", selfID.String(), "root_expires", authority.Root().NotAfter)
+		"trust_domain", o.trustDomain, "identity", selfID.String(), "root_expires", authority.Root().NotAfter,
+		"leader_elect", o.leaderElect)
 	return c.Run(ctx)
 }
