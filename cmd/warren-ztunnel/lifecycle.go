@@ -35,7 +35,8 @@ const exitCheckTimeout = 10 * time.Second
 
 // decideOnExit says whether this ztunnel, as it exits, should remove Warren from its node (the
 // CNI chaining and the eBPF redirect pins): only when the DaemonSet that owns its pod is gone or
-// being deleted. Otherwise (the DaemonSet is there: a restart, an eviction or a rolling upgrade)
+// being deleted, or its namespace is being deleted (which may delete the pods first; reading the
+// namespace needs get on namespaces, which warren-cni's lookups need anyway). Otherwise (the DaemonSet is there: a restart, an eviction or a rolling upgrade)
 // everything stays, so captured pods fail closed until the next ztunnel adopts them. Whenever it
 // cannot tell (the API server is unreachable, the pod or its owner cannot be read, the pod has
 // no DaemonSet owner) it keeps everything: an uninstall by mistake would let captured pods talk
@@ -70,9 +71,12 @@ func decideOnExit(ctx context.Context, c kubernetes.Interface, namespace, pod st
 		return true, fmt.Sprintf("DaemonSet %s/%s is being deleted", namespace, ref.Name)
 	case ds.UID != ref.UID:
 		return false, fmt.Sprintf("DaemonSet %s/%s was replaced by a new one, which takes over", namespace, ref.Name)
-	default:
-		return false, fmt.Sprintf("DaemonSet %s/%s is still there (a restart or an upgrade)", namespace, ref.Name)
 	}
+	// Deleting the namespace may delete the pods before the DaemonSet.
+	if nsObj, err := c.CoreV1().Namespaces().Get(ctx, namespace, metav1.GetOptions{}); err == nil && nsObj.DeletionTimestamp != nil {
+		return true, fmt.Sprintf("namespace %s is being deleted", namespace)
+	}
+	return false, fmt.Sprintf("DaemonSet %s/%s is still there (a restart or an upgrade)", namespace, ref.Name)
 }
 
 func lostAccess(err error) bool { return apierrors.IsUnauthorized(err) || apierrors.IsForbidden(err) }

@@ -152,6 +152,12 @@ func TestExitDecision(t *testing.T) {
 	c.delete(t, replaced)
 	c.daemonSet(t, "replaced")
 	c.pod(t, "bare", nil)
+	// A namespace being deleted (envtest runs no namespace controller: it stays Terminating).
+	dying := cluster{env: env, ns: env.Namespace(t)}
+	dying.pod(t, "dying-x", dying.daemonSet(t, "dying"))
+	if err := admin.CoreV1().Namespaces().Delete(context.Background(), dying.ns, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
 
 	// A client that reaches nothing, and one whose user may not read anything.
 	unreachable := clientset(t, &rest.Config{Host: "https://127.0.0.1:1", Timeout: 2 * time.Second, TLSClientConfig: rest.TLSClientConfig{Insecure: true}})
@@ -194,6 +200,7 @@ func TestExitDecision(t *testing.T) {
 		{"DaemonSet being deleted", admin, "deleting-x", true, "DaemonSet " + c.ns + "/deleting is being deleted"},
 		{"DaemonSet replaced", admin, "replaced-x", false, "replaced by a new one"},
 		{"bare pod", admin, "bare", false, "is not controlled by a DaemonSet"},
+		{"namespace being deleted", admin, "dying-x", true, "namespace " + dying.ns + " is being deleted"},
 		{"pod not found", admin, "nope", false, "cannot read my pod"},
 		{"API unreachable", unreachable, "gone-x", false, "cannot read my pod"},
 		{"no permission", forbidden, "present-x", false, "forbidden"},
@@ -207,7 +214,11 @@ func TestExitDecision(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), exitCheckTimeout)
 			defer cancel()
 			verified := strings.HasSuffix(tc.name, "since start")
-			got, reason := decideOnExit(ctx, tc.c, c.ns, tc.pod, verified)
+			ns := c.ns
+			if tc.pod == "dying-x" {
+				ns = dying.ns
+			}
+			got, reason := decideOnExit(ctx, tc.c, ns, tc.pod, verified)
 			if got != tc.wantUninstall || !strings.Contains(reason, tc.wantReason) {
 				t.Errorf("decideOnExit(%s) = %v, %q; want %v, %q", tc.pod, got, reason, tc.wantUninstall, tc.wantReason)
 			}

@@ -25,12 +25,13 @@
 //
 // On exit (SIGTERM) it decides between an upgrade and an uninstall (--uninstall-on-exit, default
 // auto): only when the DaemonSet that owns its pod (--pod-name/--pod-namespace, from $POD_NAME and
-// $POD_NAMESPACE) is gone or being deleted does it remove the CNI entry, kubeconfig and binary and
-// the eBPF redirect pins, so pods go back to plain networking (reads that worked at start and are
-// refused at exit count as that too: the uninstall deleted its ServiceAccount or RBAC first);
-// otherwise, or when it cannot tell (no API server), everything stays and captured pods fail
-// closed until the next ztunnel adopts them. Its ServiceAccount needs get on pods and on
-// daemonsets.apps in its namespace.
+// $POD_NAMESPACE), or its namespace, is gone or being deleted does it remove the CNI entry,
+// kubeconfig and binary and the eBPF redirect pins, so pods go back to plain networking (reads
+// that worked at start and are refused at exit count as that too: the uninstall deleted its
+// ServiceAccount or RBAC first); otherwise, or when it cannot tell (no API server), everything
+// stays and captured pods fail closed until the next ztunnel adopts them. Its ServiceAccount
+// needs get on pods and on daemonsets.apps in its namespace, and get on namespaces (which the
+// warren-cni plugin, using its token, needs cluster-wide with get on pods).
 package main
 
 import (
