@@ -17,6 +17,10 @@
 // dial fails the next endpoint is tried (at most three). Established connections keep their
 // endpoint when the endpoints change; new ones follow.
 //
+// Run ends by closing every listener and connection and removing every address it added; an
+// address that was already on lo when a Service needed it (left by a run that crashed) is taken
+// over and removed too.
+//
 // Pods reach the ClusterIPs because their default route leads into the node netns (the pod
 // bridge's gateway), where the addresses are local; hostNetwork pods live in the node netns
 // itself.
