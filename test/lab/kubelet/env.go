@@ -105,6 +105,9 @@ func (w *podWorker) containerEnv(ctx context.Context, pod *corev1.Pod, c *corev1
 			set(e.Name, v)
 		}
 	}
+	if _, ok := vals["PATH"]; !ok {
+		set("PATH", defaultPath) // what containerd gives an image without one
+	}
 	if _, ok := vals["HOSTNAME"]; !ok {
 		set("HOSTNAME", podHostname(pod, w.k.cfg.NodeName))
 	}
@@ -114,6 +117,9 @@ func (w *podWorker) containerEnv(ctx context.Context, pod *corev1.Pod, c *corev1
 	}
 	return env, nil
 }
+
+// defaultPath is a container's PATH when its image sets none.
+const defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 func optional(b *bool) bool { return b != nil && *b }
 

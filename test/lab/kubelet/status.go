@@ -40,33 +40,37 @@ func (w *podWorker) statusLoop(life context.Context) {
 	}
 }
 
-// writeStatus computes the status and writes it when it differs from last.
+// writeStatus computes the status from the latest Pod the informer saw and writes it when it
+// differs from last; a conflict refetches the Pod.
 func (w *podWorker) writeStatus(ctx context.Context, last *corev1.PodStatus) (*corev1.PodStatus, error) {
 	api := w.k.cfg.Client.CoreV1().Pods(w.namespace)
+	obj := w.current().DeepCopy()
 	for range 5 {
-		obj, err := api.Get(ctx, w.name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			return last, nil
-		}
-		if err != nil {
-			return last, fmt.Errorf("get pod: %w", err)
-		}
-		if obj.UID != w.uid {
-			return last, nil
-		}
 		st := w.computeStatus(obj)
 		if last != nil && equality.Semantic.DeepEqual(*last, st) {
 			return last, nil
 		}
 		obj.Status = st
-		_, err = api.UpdateStatus(ctx, obj, metav1.UpdateOptions{})
-		if apierrors.IsConflict(err) {
-			continue
+		_, err := api.UpdateStatus(ctx, obj, metav1.UpdateOptions{})
+		if err == nil {
+			return &st, nil
 		}
-		if err != nil {
+		if apierrors.IsNotFound(err) {
+			return last, nil
+		}
+		if !apierrors.IsConflict(err) {
 			return last, fmt.Errorf("update pod status: %w", err)
 		}
-		return &st, nil
+		if obj, err = api.Get(ctx, w.name, metav1.GetOptions{}); err != nil {
+			if apierrors.IsNotFound(err) {
+				return last, nil
+			}
+			return last, fmt.Errorf("get pod: %w", err)
+		}
+		if obj.UID != w.uid {
+			return last, nil
+		}
+		last = nil // the stored status is not ours: write even if ours did not change
 	}
 	return last, fmt.Errorf("update pod status: conflicts 5 times in a row")
 }
