@@ -281,6 +281,13 @@ func (f *fixture) deleteAndWait(tb testing.TB, name string) {
 		}
 		return fmt.Errorf("still there (%v)", err)
 	})
+	// The API server deletes terminal pods at once: the kubelet may still be tearing down.
+	eventually(tb, 30*time.Second, "kubelet done with the pod", func() error {
+		if _, ok := f.k.Pod(f.ns, name); ok {
+			return errors.New("kubelet still knows the pod")
+		}
+		return nil
+	})
 	for c, ci := range info.Containers {
 		if ci.Pid != 0 {
 			if _, err := os.Stat(fmt.Sprintf("/proc/%d", ci.Pid)); err == nil {
@@ -297,9 +304,6 @@ func (f *fixture) deleteAndWait(tb testing.TB, name string) {
 		if _, err := os.Stat(info.Netns); !errors.Is(err, os.ErrNotExist) {
 			tb.Errorf("pod netns %s still exists (%v)", info.Netns, err)
 		}
-	}
-	if _, ok := f.k.Pod(f.ns, name); ok {
-		tb.Errorf("kubelet still knows pod %s", name)
 	}
 }
 
@@ -568,6 +572,7 @@ func TestKubelet(t *testing.T) {
 		c := appContainer("main")
 		c.Args = []string{"serve", n.ip.String() + ":18080"}
 		c.ReadinessProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(18080), Host: n.ip.String()}}, PeriodSeconds: 1}
+		c.StartupProbe = &corev1.Probe{ProbeHandler: corev1.ProbeHandler{Exec: &corev1.ExecAction{Command: []string{"app", "cat", "/etc/hostname"}}}, PeriodSeconds: 1, FailureThreshold: 5}
 		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "hostnet", Namespace: ns}, Spec: corev1.PodSpec{
 			NodeName: "node-kt", ServiceAccountName: "default", HostNetwork: true, DNSPolicy: corev1.DNSClusterFirstWithHostNet, Containers: []corev1.Container{c},
 		}}
@@ -587,6 +592,12 @@ func TestKubelet(t *testing.T) {
 		}
 		if _, err := f.httpGet("http://" + net.JoinHostPort(n.ip.String(), "18080") + "/healthz"); err != nil {
 			t.Errorf("GET on the node IP: %v", err)
+		}
+		if cst := p.Status.ContainerStatuses[0]; cst.Started == nil || !*cst.Started {
+			t.Errorf("started = %v after the exec startup probe passed", cst.Started)
+		}
+		if got := f.exec(t, "hostnet", "main", "app", "cat", "/etc/hostname"); got != "node-kt\n" {
+			t.Errorf("hostNetwork pod's hostname file = %q, want the node's name", got)
 		}
 		if got := f.exec(t, "hostnet", "main", "app", "cat", "/etc/resolv.conf"); !strings.HasPrefix(got, "nameserver 10.0.0.10\n") {
 			t.Errorf("ClusterFirstWithHostNet resolv.conf = %q", got)
@@ -665,6 +676,62 @@ func TestKubelet(t *testing.T) {
 		f.deleteAndWait(t, "badhostpath")
 	})
 
+	t.Run("restart policies and start errors", func(t *testing.T) {
+		done := appContainer("main")
+		done.Args = []string{"exit", "0"}
+		failedInit := corev1.Container{Name: "init", Image: "app:v1", Args: []string{"exit", "3"}}
+		noBinary := appContainer("main")
+		noBinary.Command = []string{"no-such-binary"}
+		for _, tc := range []struct {
+			name   string
+			spec   corev1.PodSpec
+			check  func(p *corev1.Pod) error
+			remove bool
+		}{
+			{"completed under OnFailure", corev1.PodSpec{RestartPolicy: corev1.RestartPolicyOnFailure, Containers: []corev1.Container{done}}, func(p *corev1.Pod) error {
+				cs := p.Status.ContainerStatuses
+				if p.Status.Phase != corev1.PodSucceeded || len(cs) != 1 || cs[0].State.Terminated == nil || cs[0].State.Terminated.Reason != "Completed" || cs[0].RestartCount != 0 {
+					return fmt.Errorf("phase %s statuses %+v", p.Status.Phase, cs)
+				}
+				if c := cond(p, corev1.PodReady); c.Status != corev1.ConditionFalse || c.Reason != "PodCompleted" {
+					return fmt.Errorf("Ready %+v, want False PodCompleted", c)
+				}
+				return nil
+			}, true},
+			{"failed init container under Never", corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, InitContainers: []corev1.Container{failedInit}, Containers: []corev1.Container{done}}, func(p *corev1.Pod) error {
+				ics := p.Status.InitContainerStatuses
+				if p.Status.Phase != corev1.PodFailed || len(ics) != 1 || ics[0].State.Terminated == nil || ics[0].State.Terminated.ExitCode != 3 {
+					return fmt.Errorf("phase %s init statuses %+v", p.Status.Phase, ics)
+				}
+				if w := p.Status.ContainerStatuses[0].State.Waiting; w == nil || w.Reason != "PodInitializing" {
+					return fmt.Errorf("container state %+v, want waiting PodInitializing", p.Status.ContainerStatuses[0].State)
+				}
+				return nil
+			}, true},
+			{"missing executable is a StartError, restarted with backoff", corev1.PodSpec{Containers: []corev1.Container{noBinary}}, func(p *corev1.Pod) error {
+				cs := p.Status.ContainerStatuses
+				if len(cs) != 1 || cs[0].RestartCount < 1 || cs[0].LastTerminationState.Terminated == nil {
+					return fmt.Errorf("statuses %+v", cs)
+				}
+				if lt := cs[0].LastTerminationState.Terminated; lt.Reason != "StartError" || lt.ExitCode != 128 || !strings.Contains(lt.Message, `executable "no-such-binary" not found`) {
+					return fmt.Errorf("last termination %+v", lt)
+				}
+				return nil
+			}, true},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				name := strings.ReplaceAll(strings.ToLower(strings.Fields(tc.name)[0]), "_", "-") + "-pod"
+				tc.spec.NodeName, tc.spec.ServiceAccountName = "node-kt", "default"
+				pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns}, Spec: tc.spec}
+				if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+					t.Fatal(err)
+				}
+				eventually(t, 30*time.Second, tc.name, func() error { return tc.check(f.pod(t, name)) })
+				f.deleteAndWait(t, name)
+			})
+		}
+	})
+
 	t.Run("bad image waits in ErrImagePull", func(t *testing.T) {
 		c := appContainer("main")
 		c.Image = "missing:v1"
@@ -686,6 +753,12 @@ func TestKubelet(t *testing.T) {
 			}
 			return nil
 		})
+		if _, _, err := k.Exec(ctx, ns, "badimage", "main", []string{"app", "cat", "/etc/hostname"}, nil); err == nil || !strings.Contains(err.Error(), `container "main" is not running`) {
+			t.Errorf("exec in a container that never started: error %v", err)
+		}
+		if _, _, err := k.Exec(ctx, ns, "no-such-pod", "main", []string{"true"}, nil); err == nil || !strings.Contains(err.Error(), "no such pod") {
+			t.Errorf("exec in a missing pod: error %v", err)
+		}
 		f.deleteAndWait(t, "badimage")
 	})
 
