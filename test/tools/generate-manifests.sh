@@ -17,9 +17,6 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 bin=${WARREN_TOOLS_BIN:-$root/.cache/bin}
 chart=manifests/charts/warren
-# The API server version helm assumes offline: a helm built from source defaults to v1.20,
-# which the chart's kubeVersion refuses. Rendering does not depend on it otherwise.
-kube_version=v1.32.0
 
 "$here/build.sh" helm
 
@@ -34,8 +31,7 @@ install -m 0644 manifests/crds/admission/*.yaml "$chart/files/admission/"
 
 rendered=$(mktemp)
 trap 'rm -f "$rendered"' EXIT
-"$bin/helm" template warren "$chart" --namespace warren-system --kube-version "$kube_version" \
-	--set namespace.create=true >"$rendered"
+"$bin/helm" template warren "$chart" --namespace warren-system --set namespace.create=true >"$rendered"
 
 rm -rf manifests/install
 mkdir -p manifests/install/crds
