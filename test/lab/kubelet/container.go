@@ -413,6 +413,9 @@ func (w *podWorker) containerSpec(ctx context.Context, c *ctr, rootfs string, im
 	if _, err := os.Stat(rootfs); err != nil {
 		return shimSpec{}, fmt.Errorf("image root filesystem: %w", err)
 	}
+	if strings.ContainsAny(rootfs+w.dir, ",:") {
+		return shimSpec{}, fmt.Errorf("image root filesystem %s or pod directory %s has a comma or colon, which overlayfs options cannot carry", rootfs, w.dir)
+	}
 	files, err := w.podFiles(pod, sb)
 	if err != nil {
 		return shimSpec{}, err

@@ -324,9 +324,8 @@ type ContainerInfo struct {
 	// first.
 	Log  string
 	Logs []string
-	// Rootfs is the container's root as the host sees it (the overlay's upper directory holds
-	// what the container wrote; the merged view exists only inside the container's mount
-	// namespace).
+	// Rootfs is the overlay's upper directory: what the container wrote. The merged view
+	// exists only in the container's mount namespace; the host reaches it at /proc/<Pid>/root.
 	Rootfs       string
 	RestartCount int
 }
