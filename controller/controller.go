@@ -6,7 +6,8 @@
 // conditions on the policy resources and status.parents on the routes. It also deploys the
 // waypoint of every Gateway of class warren-waypoint (ServiceAccount, Deployment, Service and
 // root ConfigMap, owned by the Gateway), writes the Gateway's address and Accepted/Programmed
-// conditions, and accepts GatewayClasses whose controllerName is warren.dev/waypoint-controller.
+// conditions, and accepts GatewayClasses whose controllerName is warren.dev/waypoint-controller
+// (creating warren-waypoint with Config.CreateGatewayClass).
 // With Config.LeaderElection, several replicas share the work: all of them translate, push and
 // sign; only the elected one writes to the API server (see LeaderElection).
 //
@@ -81,6 +82,9 @@ type Config struct {
 	// RootsConfigMap, when its Name is set and CA is, is where the leader publishes the CA's
 	// roots (key ca.crt) for node agents to verify the controller with before they have config.
 	RootsConfigMap client.ObjectKey
+	// CreateGatewayClass makes the leader create the GatewayClass warren-waypoint when it does
+	// not exist.
+	CreateGatewayClass bool
 	// LeaderElection, when set, elects one leader among the controller's replicas; nil means
 	// this controller is alone and leads from the start.
 	LeaderElection *LeaderElection
@@ -189,6 +193,12 @@ func New(cfg Config) (*Controller, error) {
 	}))
 	if err != nil {
 		return nil, fmt.Errorf("new controller: %w", err)
+	}
+	if cfg.CreateGatewayClass {
+		err := mgr.Add(&gatewayClassCreator{c: mgr.GetClient(), log: cfg.Log.With("component", "gatewayclass"), retry: 5 * time.Second})
+		if err != nil {
+			return nil, fmt.Errorf("new controller: %w", err)
+		}
 	}
 	if cfg.CA != nil && cfg.RootsConfigMap.Name != "" {
 		direct, err := client.New(cfg.Rest, client.Options{Scheme: scheme})

@@ -26,6 +26,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	policyv1alpha1 "github.com/warren-mesh/warren/api/policy/v1alpha1"
 	"github.com/warren-mesh/warren/ca"
@@ -98,9 +99,10 @@ func startReplica(t *testing.T, env *envtest.Env, name string, authority *ca.CA)
 		LeaderElection: &controller.LeaderElection{
 			Namespace: systemNS, LeaseDuration: 4 * time.Second, RenewDeadline: 3 * time.Second, RetryPeriod: 250 * time.Millisecond,
 		},
-		Waypoints: controller.WaypointConfig{Image: "warren-waypoint:test", ControllerAddr: "warren-controller.warren-system.svc:15012", CAAddr: "warren-controller.warren-system.svc:15013"},
-		Registry:  reg,
-		Log:       slog.New(slog.NewJSONHandler(io.Discard, nil)).With("replica", name),
+		CreateGatewayClass: true,
+		Waypoints:          controller.WaypointConfig{Image: "warren-waypoint:test", ControllerAddr: "warren-controller.warren-system.svc:15012", CAAddr: "warren-controller.warren-system.svc:15013"},
+		Registry:           reg,
+		Log:                slog.New(slog.NewJSONHandler(io.Discard, nil)).With("replica", name),
 	})
 	if err != nil {
 		t.Fatalf("%s: %v", name, err)
@@ -253,6 +255,21 @@ func TestLeaderElection(t *testing.T) {
 		}
 		if got, want := cm.Data["ca.crt"], ca.BundlePEM(first.ca.Bundle()); got != want {
 			return fmt.Sprintf("ca.crt differs from the CA's bundle:\n%s", cmp.Diff(want, got))
+		}
+		return ""
+	})
+
+	// The leader creates the GatewayClass, then accepts it.
+	eventually(t, "the leader creates and accepts GatewayClass warren-waypoint", func() string {
+		var gc gatewayv1.GatewayClass
+		if err := c.Get(ctx, client.ObjectKey{Name: "warren-waypoint"}, &gc); err != nil {
+			return err.Error()
+		}
+		if gc.Spec.ControllerName != "warren.dev/waypoint-controller" {
+			return "controllerName " + string(gc.Spec.ControllerName)
+		}
+		if cond := meta.FindStatusCondition(gc.Status.Conditions, string(gatewayv1.GatewayClassConditionStatusAccepted)); cond == nil || cond.Status != metav1.ConditionTrue {
+			return fmt.Sprintf("Accepted = %+v", cond)
 		}
 		return ""
 	})

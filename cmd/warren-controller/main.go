@@ -70,6 +70,7 @@ type options struct {
 	waypointCA      string
 	logLevel        string
 	leaderElect     bool
+	gatewayClass    bool
 	leaseDuration   time.Duration
 }
 
@@ -99,6 +100,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.waypointCA, "waypoint-ca-addr", "", "CSR service address waypoint pods dial (default warren-controller.<namespace>.svc:<ca port>)")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&o.leaderElect, "leader-elect", false, "elect a leader among replicas through the Lease "+controller.DefaultLeaseName+" in --namespace: all replicas push config and sign CSRs, only the leader writes status, waypoints and the roots ConfigMap")
+	fs.BoolVar(&o.gatewayClass, "create-gateway-class", true, "create the GatewayClass warren-waypoint (controllerName warren.dev/waypoint-controller) when it does not exist")
 	fs.DurationVar(&o.leaseDuration, "leader-elect-lease-duration", 15*time.Second, "how long followers wait for a silent leader before taking over (renew deadline 2/3 of it, retry period 2/15)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -267,10 +269,11 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			Image: o.waypointImage, ControllerAddr: svcAddr(o.waypointPush, o.pushAddr), CAAddr: svcAddr(o.waypointCA, o.caAddr),
 			Audience: o.audience, ControllerIdentity: selfID.String(), Plaintext: o.plaintext,
 		},
-		RootsConfigMap: client.ObjectKey{Namespace: o.namespace, Name: rootConfigMap},
-		LeaderElection: o.leaderElection(),
-		Registry:       reg,
-		Log:            log,
+		RootsConfigMap:     client.ObjectKey{Namespace: o.namespace, Name: rootConfigMap},
+		LeaderElection:     o.leaderElection(),
+		CreateGatewayClass: o.gatewayClass,
+		Registry:           reg,
+		Log:                log,
 	})
 	if err != nil {
 		return err

@@ -161,7 +161,7 @@ func applyLines(out string) map[string]string {
 }
 
 // TestKubectlInstallUpgradeUninstall installs Warren on a fresh API server the way the README
-// says (CRDs, Established, then manifests/install), checks a server-side dry run, that a
+// says (kubectl apply -f manifests/install), checks a server-side dry run, that a
 // re-apply changes nothing, that an upgrade to a new tag changes only the workloads, that the
 // RBAC is least privilege and sufficient for warren-controller, and that uninstalling removes
 // everything.
@@ -169,26 +169,19 @@ func TestKubectlInstallUpgradeUninstall(t *testing.T) {
 	s := startAPIServer(t)
 	ctx := context.Background()
 
-	// Without the CRDs, the GatewayClass cannot be mapped: the reason for the two steps.
-	if _, err := s.kubectl(t, "apply", "--dry-run=server", "-f", "manifests/install"); err == nil || !strings.Contains(err.Error(), "GatewayClass") {
-		t.Errorf("applying manifests/install before the CRDs: error %v, want one naming GatewayClass", err)
-	}
-
-	out := s.mustKubectl(t, "apply", "--server-side", "-f", "manifests/install/crds")
-	t.Logf("kubectl apply --server-side -f manifests/install/crds:\n%s", out)
-	s.mustKubectl(t, "wait", "--for=condition=Established", "--timeout=60s", "-f", "manifests/install/crds")
-
-	// A server-side dry run of everything (the namespace must exist for the objects in it).
+	// A server-side dry run of everything; the namespace must exist for the objects in it
+	// (a dry run creates nothing), and the CRDs for the server to accept them once.
 	s.mustKubectl(t, "create", "namespace", namespace)
-	out = s.mustKubectl(t, "apply", "--dry-run=server", "-f", "manifests/install")
-	if n := strings.Count(out, "(server dry run)"); n < 15 {
+	out := s.mustKubectl(t, "apply", "--dry-run=server", "-f", "manifests/install")
+	if n := strings.Count(out, "(server dry run)"); n < 25 {
 		t.Errorf("server dry run reported %d objects, want every object of manifests/install:\n%s", n, out)
 	}
 
+	// The install: one command.
 	out = s.mustKubectl(t, "apply", "-f", "manifests/install")
 	t.Logf("kubectl apply -f manifests/install:\n%s", out)
 	first := applyLines(out)
-	for _, k := range []string{"deployment.apps/warren-controller", "daemonset.apps/warren-ztunnel", "gatewayclass.gateway.networking.k8s.io/warren-waypoint", "clusterrole.rbac.authorization.k8s.io/warren-controller"} {
+	for _, k := range []string{"deployment.apps/warren-controller", "daemonset.apps/warren-ztunnel", "clusterrole.rbac.authorization.k8s.io/warren-controller", "customresourcedefinition.apiextensions.k8s.io/httproutes.gateway.networking.k8s.io", "customresourcedefinition.apiextensions.k8s.io/servers.policy.warren.dev"} {
 		if first[k] != "created" {
 			t.Errorf("%s: %q, want created", k, first[k])
 		}
@@ -242,11 +235,10 @@ func TestKubectlInstallUpgradeUninstall(t *testing.T) {
 	t.Run("rbac least privilege", func(t *testing.T) { checkAccess(t, s) })
 	t.Run("controller runs under its service account", func(t *testing.T) { runControllerAsItsAccount(t, s) })
 
-	// Uninstall: the reverse order. envtest runs no namespace or garbage collector, so
-	// objects are gone, and the namespace is Terminating.
+	// Uninstall. envtest runs no namespace controller or garbage collector: the objects are
+	// gone and the namespace stays Terminating.
 	out = s.mustKubectl(t, "delete", "--wait=false", "-f", "manifests/install")
 	t.Logf("kubectl delete -f manifests/install:\n%s", out)
-	s.mustKubectl(t, "delete", "--wait=false", "-f", "manifests/install/crds")
 	for _, args := range [][]string{
 		{"get", "clusterroles,clusterrolebindings,gatewayclasses,validatingadmissionpolicies", "-l", "app.kubernetes.io/part-of=warren", "-o", "name"},
 		{"get", "-n", namespace, "deployments,daemonsets,services,serviceaccounts,roles,rolebindings,poddisruptionbudgets", "-o", "name"},
@@ -289,12 +281,17 @@ func checkAccess(t *testing.T, s *apiServer) {
 		allowed                                    bool
 	}
 	tests := []access{
-		// The ztunnel: its own pod and DaemonSet, to tell an uninstall from a restart. Nothing else.
+		// The ztunnel: pods and namespaces by name (warren-cni's membership check, with the
+		// ztunnel's token), its DaemonSet (uninstall or restart?). Nothing else.
 		{zt, "get", "", "pods", "", namespace, "warren-ztunnel-abcde", true},
+		{zt, "get", "", "pods", "", "team-a", "app", true},
+		{zt, "get", "", "namespaces", "", "", "team-a", true},
 		{zt, "get", "apps", "daemonsets", "", namespace, "warren-ztunnel", true},
 		{zt, "list", "", "pods", "", namespace, "", false},
-		{zt, "watch", "", "pods", "", namespace, "", false},
-		{zt, "get", "", "pods", "", "default", "app", false},
+		{zt, "watch", "", "pods", "", "", "", false},
+		{zt, "list", "", "namespaces", "", "", "", false},
+		{zt, "get", "apps", "daemonsets", "", "kube-system", "kube-proxy", false},
+		{zt, "update", "", "namespaces", "", "", "team-a", false},
 		{zt, "get", "", "secrets", "", namespace, "warren-ca-root", false},
 		{zt, "list", "", "secrets", "", "", "", false},
 		{zt, "get", "", "configmaps", "", namespace, "warren-ca-root", false},
@@ -310,6 +307,9 @@ func checkAccess(t *testing.T, s *apiServer) {
 		{ctl, "update", "policy.warren.dev", "authorizationpolicies", "status", "team-a", "p", true},
 		{ctl, "update", "gateway.networking.k8s.io", "httproutes", "status", "team-a", "r", true},
 		{ctl, "update", "gateway.networking.k8s.io", "gatewayclasses", "status", "", "warren-waypoint", true},
+		{ctl, "create", "gateway.networking.k8s.io", "gatewayclasses", "", "", "", true},
+		{ctl, "update", "gateway.networking.k8s.io", "gatewayclasses", "", "", "someone-elses", false},
+		{ctl, "delete", "gateway.networking.k8s.io", "gatewayclasses", "", "", "warren-waypoint", false},
 		{ctl, "create", "apps", "deployments", "", "team-a", "", true},
 		{ctl, "create", "authentication.k8s.io", "tokenreviews", "", "", "", true},
 		{ctl, "get", "", "secrets", "", namespace, "warren-ca-root", true},
@@ -386,9 +386,9 @@ func (s *syncBuffer) String() string {
 
 // runControllerAsItsAccount runs the real warren-controller binary, with the manifests' flags
 // (--leader-elect), as system:serviceaccount:warren-system:warren-controller, and drives every
-// path that writes: the CA Secret and roots ConfigMap, the Lease, policy status, a waypoint
-// Gateway (its objects and status), the GatewayClass status, and a ztunnel's token review. No
-// request may be forbidden.
+// path that writes: the CA Secret and roots ConfigMap, the Lease, the GatewayClass (created,
+// then Accepted), policy status, a waypoint Gateway (its objects and status), and a ztunnel's
+// token review. No request may be forbidden.
 func runControllerAsItsAccount(t *testing.T, s *apiServer) {
 	ctx := context.Background()
 	bin := filepath.Join(t.TempDir(), "warren-controller")
@@ -585,8 +585,7 @@ func runControllerAsItsAccount(t *testing.T, s *apiServer) {
 }
 
 // TestHelmInstallUpgradeUninstall installs the chart with helm on a fresh API server (the CRDs
-// as templates and the GatewayClass as a post-install hook must work in one release), upgrades
-// it to another tag and uninstalls it.
+// are templates of the release), upgrades it to another tag and pod cgroup, and uninstalls it.
 func TestHelmInstallUpgradeUninstall(t *testing.T) {
 	s := startAPIServer(t)
 	ctx := context.Background()
@@ -601,10 +600,6 @@ func TestHelmInstallUpgradeUninstall(t *testing.T) {
 		return string(out)
 	}
 	t.Log(h("install", release, "manifests/charts/warren", "--namespace", namespace, "--create-namespace"))
-	var gc gatewayv1.GatewayClass
-	if err := s.c.Get(ctx, client.ObjectKey{Name: "warren-waypoint"}, &gc); err != nil {
-		t.Errorf("GatewayClass after helm install: %v", err)
-	}
 	var dep appsv1.Deployment
 	if err := s.c.Get(ctx, client.ObjectKey{Namespace: namespace, Name: "warren-controller"}, &dep); err != nil {
 		t.Fatalf("controller Deployment after helm install: %v", err)
@@ -622,9 +617,6 @@ func TestHelmInstallUpgradeUninstall(t *testing.T) {
 	}
 	if !slices.Contains(ds.Spec.Template.Spec.Containers[0].Args, "--redirect-cgroup=/sys/fs/cgroup/kubepods") {
 		t.Errorf("ztunnel args after the upgrade: %q", ds.Spec.Template.Spec.Containers[0].Args)
-	}
-	if err := s.c.Get(ctx, client.ObjectKey{Name: "warren-waypoint"}, &gc); err != nil {
-		t.Errorf("GatewayClass after helm upgrade: %v", err)
 	}
 	t.Log(h("uninstall", release, "--namespace", namespace))
 	waitFor(t, 30*time.Second, "helm uninstall", func() string {
