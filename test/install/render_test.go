@@ -334,6 +334,15 @@ func TestValues(t *testing.T) {
 			want: map[string]any{controllerKey + ": " + container0 + "args[2]": "--default-inbound-policy=deny"},
 		},
 		{
+			name: "intermediate CA from cert-manager: read access to that one Secret",
+			set:  []string{"controller.caIntermediateSecret=cert-manager/warren-intermediate"},
+			want: map[string]any{
+				controllerKey + ": " + container0 + "args":                                                    nil, // one more argument
+				"rbac.authorization.k8s.io/Role cert-manager/warren-controller-ca-intermediate: added":        nil,
+				"rbac.authorization.k8s.io/RoleBinding cert-manager/warren-controller-ca-intermediate: added": nil,
+			},
+		},
+		{
 			name: "no namespace object (helm install --create-namespace)",
 			set:  []string{"namespace.create=false"},
 			want: map[string]any{"core/Namespace /warren-system: removed": nil},
@@ -547,5 +556,21 @@ func TestContract(t *testing.T) {
 	}
 	if diff := cmp.Diff([]string{"grpc-push 15012", "grpc-ca 15013", "http-metrics 15014"}, ports); diff != "" {
 		t.Errorf("controller Service ports (-want +got):\n%s", diff)
+	}
+}
+
+// TestHelmLint: the chart passes helm lint --strict (warnings fail) with its defaults and with
+// the values the lab and the examples use.
+func TestHelmLint(t *testing.T) {
+	for _, set := range [][]string{
+		nil,
+		{"--set", "namespace.create=true", "--set", "ztunnel.podCgroup=/sys/fs/cgroup/wrn-lab/$(NODE_NAME)", "--set", "ztunnel.accessLog=true"},
+		{"--set", "controller.replicas=1", "--set", "controller.leaderElect=false", "--set", "gatewayAPI.crds=false"},
+		{"--set", "controller.caIntermediateSecret=cert-manager/warren-intermediate", "--set", "clusterNetworks={10.0.0.0/8,fd00::/8}"},
+	} {
+		args := append([]string{"lint", "--strict", "manifests/charts/warren", "--namespace", namespace}, set...)
+		if out, err := run(t, nil, need(t, "helm"), args...); err != nil {
+			t.Errorf("helm %v: %v\n%s", args, err, out)
+		}
 	}
 }
