@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -12,6 +13,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/warren-mesh/warren/test/images/oci"
 )
 
 // cmdDemo is "lab demo": the whole story on a fresh lab, then teardown. Every step checks what
@@ -34,13 +37,13 @@ func cmdDemo(ctx context.Context, args []string) (err error) {
 		}
 	}
 
-	say("lab up: kube-apiserver + etcd, warren-controller, node-1 and node-2, one warren-ztunnel per node")
+	say("lab up as a cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler; node-1 and node-2, each with a lab kubelet and a service proxy + cluster DNS")
 	logf, err := os.Create(filepath.Join(os.TempDir(), "wrn-lab-demo.log"))
 	if err != nil {
 		return err
 	}
 	defer logf.Close()
-	l, err := Up(ctx, Config{StateDir: *state, WarrenCNI: "auto", WithZtunnel: true, Log: logf}, 2, true, nil)
+	l, err := ClusterUp(ctx, Config{StateDir: *state, Log: logf}, 2)
 	if err != nil {
 		return fmt.Errorf("%w (progress log: %s)", err, logf.Name())
 	}
@@ -52,27 +55,63 @@ func cmdDemo(ctx context.Context, args []string) (err error) {
 		}
 		fmt.Printf("   lab down in %v\n", time.Since(t).Round(time.Millisecond))
 	}()
-	for _, n := range []string{"node-1", "node-2"} {
-		z := l.Ztunnel(n)
-		fmt.Printf("   warren-ztunnel %s: pid %d, ready on %s, node agent %s\n", n, z.proc.Pid(), z.ReadyAddr, z.Socket)
-	}
-	fmt.Printf("   up in %v\n", time.Since(start).Round(time.Millisecond))
-
-	say("label namespace default ambient, then start the pods (warren-cni enrolls them at creation)")
-	fmt.Println("   $ kubectl label ns default warren.dev/dataplane-mode=ambient")
-	if err := l.EnsureNamespace(ctx, "default", nil); err != nil {
+	out, err := l.Kubectl(ctx, "get", "nodes", "-o", "wide")
+	if err != nil {
 		return err
 	}
-	out, err := l.SetNamespaceAmbient(ctx, "default", true)
+	fmt.Println("   $ kubectl get nodes -o wide")
+	show(out)
+	fmt.Printf("   up in %v\n", time.Since(start).Round(time.Millisecond))
+
+	say("make images: Warren's OCI images (no Docker), which the lab's kubelets pull from bin/images/oci")
+	if err := l.BuildWarrenImages(ctx, WarrenVersion); err != nil {
+		return err
+	}
+	lay, err := oci.Open(l.WarrenImagesDir())
+	if err != nil {
+		return err
+	}
+	refs, err := lay.Images()
+	if err != nil {
+		return err
+	}
+	show(strings.Join(refs, "\n"))
+
+	say("install Warren from manifests/ with kubectl, as on kind")
+	fmt.Printf("   $ helm template warren manifests/charts/warren -n %s --set namespace.create=true --set ztunnel.podCgroup=%s/'$(NODE_NAME)' --set ztunnel.accessLog=true | kubectl apply -f -\n", SystemNamespace, l.cgroupDir())
+	t0 := time.Now()
+	out, err = l.InstallWarren(ctx, WarrenVersion)
+	if err != nil {
+		return fmt.Errorf("install: %w\n%s\n%s", err, out, l.describe(ctx))
+	}
+	show(out)
+	fmt.Printf("   rolled out in %v\n", time.Since(t0).Round(time.Millisecond))
+	if out, err = l.Kubectl(ctx, "-n", SystemNamespace, "get", "daemonset,deployment,pods", "-o", "wide"); err != nil {
+		return err
+	}
+	fmt.Printf("   $ kubectl -n %s get daemonset,deployment,pods -o wide\n", SystemNamespace)
+	show(out)
+	conf, err := os.ReadFile(filepath.Join(l.nodeRoot("node-1"), "etc/cni/net.d/10-wrn-lab.conflist"))
+	if err != nil {
+		return err
+	}
+	fmt.Printf("   node-1 /etc/cni/net.d/10-wrn-lab.conflist plugins after install: %s\n", strings.Join(pluginTypes(conf), " -> "))
+	if !slices.Contains(pluginTypes(conf), "warren-cni") {
+		return errors.New("the ztunnel DaemonSet did not chain warren-cni into node-1's CNI config")
+	}
+
+	say("label namespace default ambient, then create the pods (warren-cni enrolls them at creation)")
+	fmt.Println("   $ kubectl label ns default warren.dev/dataplane-mode=ambient")
+	out, err = l.SetNamespaceAmbient(ctx, "default", true)
 	if err != nil {
 		return err
 	}
 	show(out)
-	for _, ps := range defaultPods {
-		if _, err := l.AddPod(ctx, ps); err != nil {
-			return err
-		}
+	fmt.Println("   $ kubectl apply -f test/lab/testdata/cluster/l4-workloads.yaml")
+	if out, err = l.ApplyWorkloads(ctx, "l4-workloads.yaml", "default"); err != nil {
+		return fmt.Errorf("workloads: %w\n%s\n%s", err, out, l.describe(ctx))
 	}
+	show(out)
 	out, err = l.Kubectl(ctx, "get", "pods", "-n", "default", "-o", "wide")
 	if err != nil {
 		return err
@@ -192,6 +231,38 @@ func cmdDemo(ctx context.Context, args []string) (err error) {
 		return err
 	}
 
+	say("uninstall Warren: the ztunnels see their DaemonSet go and remove the CNI chaining and the eBPF redirect")
+	fmt.Println("   $ helm template warren manifests/charts/warren ... | kubectl delete -f -")
+	t0 = time.Now()
+	if out, err = l.UninstallWarren(ctx, WarrenVersion); err != nil {
+		return fmt.Errorf("uninstall: %w\n%s\n%s", err, out, l.describe(ctx))
+	}
+	fmt.Printf("   namespace %s gone %v after the delete\n", SystemNamespace, time.Since(t0).Round(time.Millisecond))
+	var left []string
+	if err := Eventually(ctx, 30*time.Second, func() error {
+		var err error
+		if left, err = l.Leftovers(ctx); err != nil {
+			return err
+		}
+		if len(left) > 0 {
+			return errors.New(strings.Join(left, "; "))
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("uninstall left things behind: %w", err)
+	}
+	conf, err = os.ReadFile(filepath.Join(l.nodeRoot("node-1"), "etc/cni/net.d/10-wrn-lab.conflist"))
+	if err != nil {
+		return err
+	}
+	fmt.Printf("   node-1 CNI plugins: %s; no eBPF program on the nodes' pod cgroups or in pod netns; no pins; no warren.dev or Gateway API CRDs\n", strings.Join(pluginTypes(conf), " -> "))
+	out, err = l.Call(ctx, "default/service-c", "default/service-b", 8080, "plain again")
+	if err != nil {
+		return fmt.Errorf("service-c -> service-b after uninstall (plain networking): %w", err)
+	}
+	fmt.Println("   service-c -> service-b, plain TCP again (no mesh, no policy):")
+	show(out)
+
 	fmt.Printf(`
 == summary
    service-a -> service-b   allowed, mTLS (HBONE, TCP 15008), server side saw %s
@@ -199,6 +270,7 @@ func cmdDemo(ctx context.Context, args []string) (err error) {
    wire node-1 <-> node-2   only TCP 15008; the marker never appears in plaintext
    app view                 getpeername shows %s:8080 (the original destination)
    L7 via waypoint          GET /foo/bar: service-a 200, service-c 403; POST 403; unrouted 404; gRPC PermissionDenied for service-c
+   install / uninstall      from manifests/charts/warren with kubectl; uninstall left no CNI line, eBPF program, pin or CRD
    total %v
 `, SpiffeID("default", "service-a"), b.IP, time.Since(start).Round(time.Millisecond))
 	return nil
@@ -210,4 +282,21 @@ func lastLine(s string) string {
 		return s[i+2:]
 	}
 	return s
+}
+
+// pluginTypes lists the "type" of every plugin of a CNI conflist, in order.
+func pluginTypes(conflist []byte) []string {
+	var c struct {
+		Plugins []struct {
+			Type string `json:"type"`
+		} `json:"plugins"`
+	}
+	if json.Unmarshal(conflist, &c) != nil {
+		return nil
+	}
+	out := make([]string, 0, len(c.Plugins))
+	for _, p := range c.Plugins {
+		out = append(out, p.Type)
+	}
+	return out
 }

@@ -61,6 +61,11 @@ type Config struct {
 	WithZtunnel bool
 	// Log receives progress lines (default os.Stderr).
 	Log io.Writer
+	// Cluster makes the lab a cluster (see cluster.go): kube-controller-manager and
+	// kube-scheduler run beside the API server, every node gets a lab kubelet, a service proxy
+	// with cluster DNS, a root directory and a link to the host, and Warren is installed from
+	// manifests/ with kubectl instead of being started by the lab.
+	Cluster bool
 }
 
 // Lab is a running lab: a control plane, warren-controller, simulated nodes and pods.
@@ -85,6 +90,9 @@ type Lab struct {
 	meshBuilt  bool
 	ztunnels   map[string]*Ztunnel
 	wg         sync.WaitGroup
+	// cluster mode (cluster.go)
+	pki      *clusterPKI
+	clusterM *clusterMembers
 }
 
 // New prepares a lab; nothing runs until the Start* and Add* calls.
@@ -163,7 +171,35 @@ func (l *Lab) StartControlPlane(ctx context.Context) error {
 		ControlPlaneStartTimeout: 90 * time.Second,
 		ControlPlaneStopTimeout:  30 * time.Second,
 	}
+	if l.cfg.Cluster {
+		// A cluster starts empty: Warren's CRDs, namespace and accounts come from manifests/.
+		env.CRDDirectoryPaths, env.ErrorIfCRDPathMissing = nil, false
+	}
 	env.ControlPlane.GetAPIServer().Path = filepath.Join(bin, "kube-apiserver")
+	if l.cfg.Cluster {
+		pki, err := writeClusterPKI(filepath.Join(l.cfg.StateDir, "pki"))
+		if err != nil {
+			return err
+		}
+		l.pki = pki
+		if err := addAPILink(); err != nil {
+			return err
+		}
+		api := env.ControlPlane.GetAPIServer()
+		api.CertDir = pki.Dir
+		api.SecureServing.CA = pki.CAPEM
+		// The API server listens (and advertises itself in the kubernetes EndpointSlice) on
+		// 10.98.0.1, a host address every node routes to over its host link.
+		port, err := freePort(apiServerIP)
+		if err != nil {
+			return err
+		}
+		api.SecureServing.ListenAddr.Address, api.SecureServing.ListenAddr.Port = apiServerIP.String(), port
+		api.Configure().Set("advertise-address", apiServerIP.String())
+		// envtest turns the ServiceAccount admission plugin off (it runs no controllers); a
+		// cluster has kube-controller-manager, and pods get their kube-api-access volume.
+		api.Configure().Disable("disable-admission-plugins")
+	}
 	env.ControlPlane.Etcd = &crenvtest.Etcd{Path: filepath.Join(bin, "etcd")}
 	start := time.Now()
 	cfg, err := env.Start()
@@ -191,6 +227,9 @@ func (l *Lab) StartControlPlane(ctx context.Context) error {
 	}
 	if l.Client, err = client.New(cfg, client.Options{Scheme: scheme}); err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	if l.cfg.Cluster {
+		return l.saveState()
 	}
 	if adm := filepath.Join(crds, "admission"); dirHasYAML(adm) {
 		if _, err := l.Kubectl(ctx, "apply", "-f", adm); err != nil {
@@ -388,7 +427,9 @@ func (l *Lab) Teardown() error {
 	procs := l.procs
 	l.procs = map[string]*Proc{}
 	l.mu.Unlock()
-	// Pods first (their processes hold network namespaces), then the controller.
+	// Kubelets first (they stop their pods gracefully and run CNI DEL), then whatever is left
+	// in the lab's cgroup, then the controller.
+	errs = append(errs, l.stopClusterAgents())
 	errs = append(errs, killCgroupTree(l.cgroupDir()))
 	for _, p := range procs {
 		errs = append(errs, p.Stop(5*time.Second))
@@ -400,6 +441,18 @@ func (l *Lab) Teardown() error {
 		l.env = nil
 	}
 	errs = append(errs, cleanupHost(l.cgroupDir(), l.cfg.StateDir))
+	if l.cfg.Cluster {
+		// A Warren the lab installed and did not uninstall keeps its nodes' eBPF redirect
+		// pinned (as on an upgrade): remove the pins of the lab's nodes, by node name.
+		l.mu.Lock()
+		for name := range l.nodes {
+			errs = append(errs, os.RemoveAll(filepath.Join(bpffsDir, "warren", name)))
+		}
+		l.mu.Unlock()
+		if err := os.Remove(filepath.Join(bpffsDir, "warren")); err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ENOTEMPTY) {
+			errs = append(errs, err)
+		}
+	}
 	l.mu.Lock()
 	l.pods, l.nodes = map[string]*Pod{}, map[string]*Node{}
 	l.mu.Unlock()
@@ -419,7 +472,7 @@ func cleanupHost(cgroupDir, stateDir string) error {
 			errs = append(errs, fmt.Errorf("ip netns del %s: %v: %s", n, err, bytes.TrimSpace(out)))
 		}
 	}
-	errs = append(errs, removeLabPins(), removeZtunnelLinks(), removeCgroupTree(cgroupDir), removeTmpDirs(stateDir))
+	errs = append(errs, removeLabPins(), removeZtunnelLinks(), removeHostLinks(), removeAPILink(), removeCgroupTree(cgroupDir), removeTmpDirs(stateDir))
 	for _, f := range []string{"pids", "tmpdirs", "lab.json", "cni"} {
 		errs = append(errs, os.RemoveAll(filepath.Join(stateDir, f)))
 	}
@@ -455,6 +508,9 @@ type State struct {
 	CgroupRoot    string           `json:"cgroupRoot,omitempty"`
 	Nodes         map[string]*Node `json:"nodes"`
 	Pods          map[string]*Pod  `json:"pods"`
+	// Cluster is true for a lab cluster, whose pods (not in Pods) run under the supervisor's
+	// kubelets.
+	Cluster bool `json:"cluster,omitempty"`
 }
 
 func (l *Lab) saveState() error {
@@ -462,6 +518,7 @@ func (l *Lab) saveState() error {
 	st := State{
 		SupervisorPid: os.Getpid(), Kubeconfig: l.Kubeconfig, PushAddr: l.PushAddr, CAAddr: l.CAAddr,
 		AppBinary: filepath.Join(l.cfg.BinDir, appBinary), CgroupRoot: l.cgroupRoot, Nodes: l.nodes, Pods: l.pods,
+		Cluster: l.cfg.Cluster,
 	}
 	if l.RestConfig != nil {
 		st.APIServer = l.RestConfig.Host

@@ -151,8 +151,12 @@ func cmdUp(ctx context.Context, args []string) error {
 	state := fs.String("state", "/tmp/wrn-lab", "state directory")
 	warrenCNI := fs.String("warren-cni", "auto", "warren-cni plugin to chain after bridge: auto (.cache/bin/warren-cni if built), off, or a path")
 	withZtunnel := fs.Bool("with-ztunnel", true, "start warren-ztunnel on every node (before the pods) and chain warren-cni to its node agent")
+	cluster := fs.Bool("cluster", true, "the lab as a cluster (kube-controller-manager, kube-scheduler, a kubelet per node) with Warren installed from manifests/charts/warren; false: the lab starts Warren's processes itself (--with-ztunnel, --warren-cni)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cluster {
+		return upCluster(ctx, *state)
 	}
 	start := time.Now()
 	l, err := Up(ctx, Config{StateDir: *state, WarrenCNI: *warrenCNI, WithZtunnel: *withZtunnel}, 2, true, defaultPods)
@@ -284,16 +288,70 @@ func cmdExec(ctx context.Context, args []string) error {
 		target = "default/" + target
 	}
 	p := st.Pods[target]
-	if p == nil {
-		return fmt.Errorf("no pod %s in the lab", target)
-	}
 	if len(cmd) == 0 {
 		return errors.New("exec: no command")
 	}
 	if cmd[0] == "app" {
 		cmd[0] = st.AppBinary
 	}
+	if st.Cluster {
+		// The pod runs under a kubelet of the supervisor: enter its network namespace.
+		ns, name, _ := strings.Cut(target, "/")
+		p = &Pod{NetnsPath: filepath.Join("/run/netns", prefix+ns+"-"+name)}
+		if _, err := os.Stat(p.NetnsPath); err != nil {
+			return fmt.Errorf("no pod %s running in the lab cluster (%w)", target, err)
+		}
+	} else if p == nil {
+		return fmt.Errorf("no pod %s in the lab", target)
+	}
 	out, err := runIn(ctx, p.NetnsPath, p.Cgroup, nil, nil, cmd[0], cmd[1:]...)
 	os.Stdout.Write(out)
 	return err
+}
+
+// upCluster is "lab up" as a cluster: Warren installed from its chart, the demo's workloads
+// and the article's policy applied; it stays up until ctx ends.
+func upCluster(ctx context.Context, state string) error {
+	start := time.Now()
+	l, err := ClusterUp(ctx, Config{StateDir: state}, 2)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		fmt.Println("lab: tearing down...")
+		t := time.Now()
+		if err := l.Teardown(); err != nil {
+			fmt.Fprintln(os.Stderr, "lab: teardown:", err)
+		}
+		fmt.Printf("lab: down in %v\n", time.Since(t).Round(time.Millisecond))
+	}()
+	if err := l.BuildWarrenImages(ctx, WarrenVersion); err != nil {
+		return err
+	}
+	if out, err := l.InstallWarren(ctx, WarrenVersion); err != nil {
+		return fmt.Errorf("install warren: %w\n%s", err, out)
+	}
+	if _, err := l.SetNamespaceAmbient(ctx, "default", true); err != nil {
+		return err
+	}
+	if out, err := l.ApplyWorkloads(ctx, "l4-workloads.yaml", "default"); err != nil {
+		return fmt.Errorf("workloads: %w\n%s", err, out)
+	}
+	b := l.Pod("default", "service-b")
+	fmt.Printf(`
+Warren lab cluster up in %v (state and logs in %s), Warren %s installed from manifests/charts/warren.
+
+  export KUBECONFIG=%s
+  kubectl get nodes -o wide
+  kubectl get pods -A -o wide
+  kubectl apply -n default -f test/lab/testdata/article.yaml
+  go run ./test/lab exec default/service-a -- app client --to %s:8080 --msg hi
+  go run ./test/lab exec default/service-c -- app client --to %s:8080 --msg hi
+  nsenter --net=/run/netns/wrn-lab-node1 tcpdump -ni to-node2     # the inter-node wire
+
+Kubelet logs: %s/logs/kubelet-node-*.log; container logs under %s/nodes/<node>/kubelet.
+Ctrl-C (or SIGTERM to pid %d) tears everything down.
+`, time.Since(start).Round(time.Millisecond), l.StateDir(), WarrenVersion, l.Kubeconfig, b.IP, b.IP, l.StateDir(), l.StateDir(), os.Getpid())
+	<-ctx.Done()
+	return nil
 }

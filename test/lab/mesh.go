@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,18 +57,28 @@ func (ll LogLine) S(k string) string {
 // ZtunnelLog returns the node's ztunnel log lines whose "log" field is kind ("access",
 // "security"; "" for all) and the raw text of each.
 func (l *Lab) ZtunnelLog(node, kind string) ([]LogLine, []string) {
-	z := l.Ztunnel(node)
-	if z == nil {
-		return nil, nil
+	var r io.Reader
+	if l.cfg.Cluster {
+		text, err := l.clusterZtunnelLog(node)
+		if err != nil {
+			return nil, nil
+		}
+		r = strings.NewReader(text)
+	} else {
+		z := l.Ztunnel(node)
+		if z == nil {
+			return nil, nil
+		}
+		f, err := os.Open(z.LogPath)
+		if err != nil {
+			return nil, nil
+		}
+		defer f.Close()
+		r = f
 	}
-	f, err := os.Open(z.LogPath)
-	if err != nil {
-		return nil, nil
-	}
-	defer f.Close()
 	var out []LogLine
 	var raw []string
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
 		var ll LogLine

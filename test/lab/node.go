@@ -14,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 )
 
@@ -73,8 +74,20 @@ func (l *Lab) AddNode(ctx context.Context, i int) (*Node, error) {
 	}
 	l.cgroupRoot = cg
 	n.Cgroup = filepath.Join(cg, short)
+	if l.cfg.Cluster {
+		// Named like the Node, so that a DaemonSet reaches it as /sys/fs/cgroup/wrn-lab/$(NODE_NAME).
+		n.Cgroup = filepath.Join(cg, n.Name)
+	}
 	if err := os.MkdirAll(n.Cgroup, 0o755); err != nil {
 		return nil, fmt.Errorf("node %s: cgroup: %w", n.Name, err)
+	}
+	if l.cfg.Cluster {
+		if err := addHostLink(n, i); err != nil {
+			return nil, err
+		}
+		if err := l.prepareNodeRoot(n); err != nil {
+			return nil, err
+		}
 	}
 	if err := l.writeNodeObject(ctx, n); err != nil {
 		return nil, err
@@ -136,8 +149,13 @@ func (l *Lab) writeNodeObject(ctx context.Context, n *Node) error {
 	return l.nodeStatus(ctx, n)
 }
 
-// nodeStatus writes the node's addresses and a fresh Ready condition.
+// nodeStatus writes the node's addresses and a fresh Ready condition (again on a conflict:
+// in a cluster, kube-controller-manager writes the Node too).
 func (l *Lab) nodeStatus(ctx context.Context, n *Node) error {
+	return retry.RetryOnConflict(retry.DefaultRetry, func() error { return l.nodeStatusOnce(ctx, n) })
+}
+
+func (l *Lab) nodeStatusOnce(ctx context.Context, n *Node) error {
 	var obj corev1.Node
 	if err := l.Client.Get(ctx, client.ObjectKey{Name: n.Name}, &obj); err != nil {
 		return fmt.Errorf("get node %s: %w", n.Name, err)
@@ -164,6 +182,9 @@ func (l *Lab) nodeStatus(ctx context.Context, n *Node) error {
 	obj.Status.NodeInfo.OperatingSystem, obj.Status.NodeInfo.Architecture = "linux", "amd64"
 	obj.Status.NodeInfo.KubeletVersion = "warren-lab"
 	if err := l.Client.Status().Update(ctx, &obj); err != nil {
+		if apierrors.IsConflict(err) {
+			return err
+		}
 		return fmt.Errorf("node %s status: %w", n.Name, err)
 	}
 	return nil
@@ -196,6 +217,11 @@ func (l *Lab) startHeartbeat() {
 			for _, n := range nodes {
 				if err := l.nodeStatus(ctx, n); err != nil && ctx.Err() == nil {
 					l.logf("heartbeat: %v", err)
+				}
+				if l.cfg.Cluster {
+					if err := l.renewNodeLease(ctx, n); err != nil && ctx.Err() == nil {
+						l.logf("heartbeat: %v", err)
+					}
 				}
 			}
 		}

@@ -222,6 +222,9 @@ func (l *Lab) writePodStatus(ctx context.Context, node *Node, p *Pod) error {
 
 // Pod returns a pod by namespace and name.
 func (l *Lab) Pod(ns, name string) *Pod {
+	if l.cfg.Cluster {
+		return l.clusterPod(ns, name)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.pods[ns+"/"+name]
@@ -264,6 +267,9 @@ func (l *Lab) DeletePod(ctx context.Context, ns, name string) error {
 // Exec runs a command to completion inside the pod's netns and cgroup (as a process of the
 // pod) and returns its stdout. "app" as bin means the sample app.
 func (l *Lab) Exec(ctx context.Context, ns, name, bin string, args ...string) (string, error) {
+	if l.cfg.Cluster {
+		return l.clusterExec(ctx, ns, name, bin, args...)
+	}
 	p := l.Pod(ns, name)
 	if p == nil {
 		return "", fmt.Errorf("exec: no pod %s/%s", ns, name)
