@@ -25,6 +25,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/kubernetes"
@@ -729,6 +730,102 @@ func TestKubelet(t *testing.T) {
 				eventually(t, 30*time.Second, tc.name, func() error { return tc.check(f.pod(t, name)) })
 				f.deleteAndWait(t, name)
 			})
+		}
+	})
+
+	t.Run("secret and downwardAPI volumes, envFrom, resourceFieldRef", func(t *testing.T) {
+		if _, err := cs.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "creds"},
+			Data: map[string][]byte{"user": []byte("alice"), "pass": []byte("s3cret")}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		c := appContainer("main")
+		c.Resources.Limits = corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("64Mi")}
+		c.EnvFrom = []corev1.EnvFromSource{
+			{Prefix: "CFG_", ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "cfg"}}},
+			{SecretRef: &corev1.SecretEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "creds"}}},
+			{ConfigMapRef: &corev1.ConfigMapEnvSource{LocalObjectReference: corev1.LocalObjectReference{Name: "absent"}, Optional: new(true)}},
+		}
+		c.Env = []corev1.EnvVar{{Name: "MEM_MI", ValueFrom: &corev1.EnvVarSource{ResourceFieldRef: &corev1.ResourceFieldSelector{Resource: "limits.memory", Divisor: resource.MustParse("1Mi")}}}}
+		c.VolumeMounts = []corev1.VolumeMount{{Name: "creds", MountPath: "/creds"}, {Name: "info", MountPath: "/info"}}
+		mode := int32(0o400)
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "more", Namespace: ns, Labels: map[string]string{"tier": "one"}}, Spec: corev1.PodSpec{
+			NodeName: "node-kt", ServiceAccountName: "default", Containers: []corev1.Container{c},
+			Volumes: []corev1.Volume{
+				{Name: "creds", VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{SecretName: "creds",
+					Items: []corev1.KeyToPath{{Key: "pass", Path: "nested/password", Mode: &mode}}}}},
+				{Name: "info", VolumeSource: corev1.VolumeSource{DownwardAPI: &corev1.DownwardAPIVolumeSource{Items: []corev1.DownwardAPIVolumeFile{
+					{Path: "labels", FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.labels"}},
+					{Path: "name", FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}},
+				}}}},
+			},
+		}}
+		if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		var ip string
+		eventually(t, 30*time.Second, "pod running", func() error {
+			p := f.pod(t, "more")
+			if p.Status.Phase != corev1.PodRunning || p.Status.PodIP == "" {
+				return fmt.Errorf("phase %s", p.Status.Phase)
+			}
+			ip = p.Status.PodIP
+			return nil
+		})
+		if got := f.exec(t, "more", "main", "app", "cat", "/creds/nested/password"); got != "s3cret" {
+			t.Errorf("secret item = %q", got)
+		}
+		if _, _, err := k.Exec(ctx, ns, "more", "main", []string{"app", "cat", "/creds/user"}, nil); err == nil {
+			t.Error("a secret key not listed in items was written")
+		}
+		if _, _, err := k.Exec(ctx, ns, "more", "main", []string{"app", "touch", "/creds/new"}, nil); err == nil {
+			t.Error("a secret volume is writable")
+		}
+		if got := f.exec(t, "more", "main", "app", "cat", "/info/labels"); got != `tier="one"` {
+			t.Errorf("downwardAPI labels = %q", got)
+		}
+		body, err := f.httpGet("http://" + net.JoinHostPort(ip, "8080") + "/env")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{"CFG_greeting=bonjour", "user=alice", "pass=s3cret", "MEM_MI=64"} {
+			if !slices.Contains(strings.Split(body, "\n"), want) {
+				t.Errorf("env has no %q:\n%s", want, body)
+			}
+		}
+		p := f.pod(t, "more")
+		p.Labels["tier"] = "two"
+		if _, err := cs.CoreV1().Pods(ns).Update(ctx, p, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 20*time.Second, "label change in the downwardAPI volume", func() error {
+			if got := f.exec(t, "more", "main", "app", "cat", "/info/labels"); got != `tier="two"` {
+				return fmt.Errorf("labels %q", got)
+			}
+			return nil
+		})
+		f.deleteAndWait(t, "more")
+	})
+
+	t.Run("a container ignoring SIGTERM is killed after the grace period", func(t *testing.T) {
+		c := appContainer("main")
+		c.Args = []string{"hang"}
+		grace := int64(1)
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "stubborn", Namespace: ns}, Spec: corev1.PodSpec{
+			NodeName: "node-kt", ServiceAccountName: "default", TerminationGracePeriodSeconds: &grace, Containers: []corev1.Container{c},
+		}}
+		if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 30*time.Second, "pod running", func() error {
+			if f.pod(t, "stubborn").Status.Phase != corev1.PodRunning {
+				return errors.New("not running")
+			}
+			return nil
+		})
+		start := time.Now()
+		f.deleteAndWait(t, "stubborn")
+		if d := time.Since(start); d < time.Second || d > 15*time.Second {
+			t.Errorf("deletion took %v, want about the 1s grace period", d)
 		}
 	})
 

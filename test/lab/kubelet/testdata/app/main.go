@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 func main() {
@@ -28,7 +29,7 @@ func main() {
 		return
 	}
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: app serve ADDR | touch PATH | cat PATH | fstype PATH | exit CODE")
+		fmt.Fprintln(os.Stderr, "usage: app serve ADDR | touch PATH | cat PATH | fstype PATH | hang | exit CODE")
 		os.Exit(2)
 	}
 	arg := ""
@@ -57,6 +58,13 @@ func main() {
 			os.Exit(1)
 		}
 		fmt.Printf("%#x", st.Type)
+	case "hang":
+		// Ignores SIGTERM: only the kubelet's SIGKILL after the grace period ends it.
+		signal.Ignore(syscall.SIGTERM)
+		fmt.Println("hanging")
+		for {
+			time.Sleep(time.Hour)
+		}
 	case "exit":
 		code, _ := strconv.Atoi(arg)
 		os.Exit(code)
