@@ -50,10 +50,12 @@ GOARCHES ?= $(shell $(GO) env GOARCH)
 images:
 	GO=$(GO) $(GO) run ./test/images --out $(BIN)/images --tag $(VERSION) --registry $(IMAGE_REGISTRY) --goarch $(GOARCHES)
 
-## demo: the main job (root): the local two-node lab with a real control plane, warren-controller,
-## a warren-ztunnel per node and warren-cni; the article's policy applied with kubectl; allowed
-## and denied traffic, the security event, a capture of the inter-node link; then teardown.
-## The first run builds kube-apiserver and etcd (~6-12 min on two cores); later runs take ~20 s.
+## demo: the main job (root): the lab as a two-node cluster (etcd, kube-apiserver,
+## kube-controller-manager, kube-scheduler, a lab kubelet and service proxy per node); Warren's
+## images built (make images) and Warren installed from manifests/charts/warren with kubectl; the
+## article's L4 policy (allowed and denied traffic, the security event, a capture of the
+## inter-node link) and its L7 example through a waypoint; uninstall, checked clean; teardown.
+## The first run builds the control plane and helm (~20 min on two cores); later runs ~2 min.
 demo: deps envtest-bins lab-bins
 	$(GO) run ./test/lab demo
 
@@ -61,11 +63,11 @@ demo: deps envtest-bins lab-bins
 demo-inprocess:
 	$(GO) run ./test/demo
 
-## envtest-bins: kube-apiserver and etcd for the control-plane tier, and kube-controller-manager
-## and kube-scheduler for the lab cluster, built from test/tools into .cache/bin (a no-op when up
-## to date; ~6 min on 2 cores the first time for the first two, ~10 min more for the other two).
+## envtest-bins: kube-apiserver and etcd for the control-plane tier, and kube-controller-manager,
+## kube-scheduler and helm for the lab cluster, built from test/tools into .cache/bin (a no-op when
+## up to date; ~6 min on 2 cores the first time for the first two, ~15 min more for the rest).
 envtest-bins:
-	test/tools/build.sh kube-apiserver etcd kube-controller-manager kube-scheduler
+	test/tools/build.sh kube-apiserver etcd kube-controller-manager kube-scheduler helm
 
 ## lab-bins: the reference CNI plugins (bridge, host-local, loopback) for the lab, built from
 ## containernetworking/plugins v1.10.0 into .cache/bin/cni.

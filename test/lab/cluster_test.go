@@ -229,7 +229,7 @@ func TestLabCluster(t *testing.T) {
 			t.Fatalf("%v\n%s", err, l.describe(ctx))
 		}
 		for _, c := range l7Cases {
-			if err := Eventually(ctx, c.wait, func() error { return l.checkL7(ctx, c) }); err != nil {
+			if err := Eventually(ctx, c.wait, func() error { _, err := l.checkL7(ctx, c); return err }); err != nil {
 				t.Errorf("%s %s %s: %v", c.from, c.method, c.path, err)
 			}
 		}

@@ -606,12 +606,12 @@ var l7Cases = []l7Case{
 	{"service-a", "GET", "/other", "404", 10 * time.Second},
 }
 
-// checkL7 makes c's call to service-b and returns an error unless it got c.want; the error
-// text is what came back.
-func (l *Lab) checkL7(ctx context.Context, c l7Case) error {
+// checkL7 makes c's call to service-b and returns what came back (the status line and the
+// body's first line, or the client's error); the error is set unless the status is c.want.
+func (l *Lab) checkL7(ctx context.Context, c l7Case) (string, error) {
 	b := l.Pod(L7Namespace, "service-b")
 	if b == nil {
-		return errors.New("service-b is not running")
+		return "", errors.New("service-b is not running")
 	}
 	out, err := l.Exec(ctx, L7Namespace, c.from, "app", "http", "--url", fmt.Sprintf("http://%s:8080%s", b.IP, c.path), "--method", c.method)
 	got := strings.TrimSpace(out)
@@ -619,9 +619,9 @@ func (l *Lab) checkL7(ctx context.Context, c l7Case) error {
 		got = "error: " + lastLine(err.Error())
 	}
 	if !strings.HasPrefix(got, c.want+" ") {
-		return errors.New(got)
+		return got, errors.New(got)
 	}
-	return nil
+	return got, nil
 }
 
 // describe is what a user would look at when something does not come up: every pod and the

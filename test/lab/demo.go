@@ -75,6 +75,7 @@ func cmdDemo(ctx context.Context, args []string) (err error) {
 	if err != nil {
 		return err
 	}
+	refs = slices.DeleteFunc(refs, func(r string) bool { return !strings.HasSuffix(r, ":"+WarrenVersion) })
 	show(strings.Join(refs, "\n"))
 
 	say("install Warren from manifests/ with kubectl, as on kind")

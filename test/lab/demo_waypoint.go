@@ -13,6 +13,8 @@ import (
 // if any answer differs from the expected one.
 func demoWaypoint(ctx context.Context, l *Lab, say func(string, ...any), show func(string)) error {
 	say("L7: a waypoint for namespace %s (Gateway warren-waypoint), HTTPRoutes on service-b, route-level policy", L7Namespace)
+	fmt.Println("   $ kubectl create ns l7 && kubectl label ns l7 warren.dev/dataplane-mode=ambient")
+	fmt.Println("   $ kubectl apply -f test/lab/testdata/cluster/l7-workloads.yaml")
 	fmt.Println("   $ kubectl apply -n l7 -f test/lab/testdata/waypoint-l7.yaml   # Gateway, Servers, HTTPRoutes, GRPCRoute, policies, an 80/20 split")
 	fmt.Println("   $ kubectl label ns l7 warren.dev/use-waypoint=waypoint")
 	if err := l.SetupClusterL7(ctx); err != nil {
@@ -26,10 +28,14 @@ func demoWaypoint(ctx context.Context, l *Lab, say func(string, ...any), show fu
 	b := l.Pod(L7Namespace, "service-b")
 	var failed []string
 	for _, c := range l7Cases {
-		err := Eventually(ctx, c.wait, func() error { return l.checkL7(ctx, c) })
-		got := c.want + " ..."
+		var got string
+		err := Eventually(ctx, c.wait, func() error {
+			var err error
+			got, err = l.checkL7(ctx, c)
+			return err
+		})
+		got = strings.ReplaceAll(got, "\n", " | ")
 		if err != nil {
-			got = err.Error()
 			failed = append(failed, fmt.Sprintf("%s %s %s from %s: %q, want %s", c.method, c.path, b.IP, c.from, got, c.want))
 		}
 		fmt.Printf("   %-9s %-4s %-9s -> %s\n", c.from, c.method, c.path, got)
