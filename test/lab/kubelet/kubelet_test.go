@@ -829,6 +829,36 @@ func TestKubelet(t *testing.T) {
 		}
 	})
 
+	t.Run("gRPC probes", func(t *testing.T) {
+		c := appContainer("main")
+		c.Args = []string{"grpc-health", ":9090"}
+		grpcProbe := func(svc string) *corev1.Probe {
+			return &corev1.Probe{ProbeHandler: corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: 9090, Service: &svc}}, PeriodSeconds: 1, FailureThreshold: 1}
+		}
+		// The overall health ("") is SERVING; service "app" is NOT_SERVING.
+		c.StartupProbe = grpcProbe("")
+		c.StartupProbe.FailureThreshold = 20 // the first probes may come before the server listens
+		c.ReadinessProbe = grpcProbe("app")
+		pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "grpc", Namespace: ns}, Spec: corev1.PodSpec{
+			NodeName: "node-kt", ServiceAccountName: "default", Containers: []corev1.Container{c},
+		}}
+		if _, err := cs.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, 30*time.Second, "started by the gRPC startup probe", func() error {
+			p := f.pod(t, "grpc")
+			if len(p.Status.ContainerStatuses) != 1 || p.Status.ContainerStatuses[0].Started == nil || !*p.Status.ContainerStatuses[0].Started {
+				return fmt.Errorf("statuses %+v", p.Status.ContainerStatuses)
+			}
+			return nil
+		})
+		time.Sleep(2 * time.Second) // a few readiness periods
+		if p := f.pod(t, "grpc"); p.Status.ContainerStatuses[0].Ready || cond(p, corev1.PodReady).Status != corev1.ConditionFalse {
+			t.Errorf("ready with a NOT_SERVING gRPC readiness probe: %+v", p.Status.Conditions)
+		}
+		f.deleteAndWait(t, "grpc")
+	})
+
 	t.Run("bad image waits in ErrImagePull", func(t *testing.T) {
 		c := appContainer("main")
 		c.Image = "missing:v1"

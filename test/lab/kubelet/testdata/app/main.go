@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -15,6 +16,10 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
 func main() {
@@ -29,7 +34,7 @@ func main() {
 		return
 	}
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: app serve ADDR | touch PATH | cat PATH | fstype PATH | hang | exit CODE")
+		fmt.Fprintln(os.Stderr, "usage: app serve ADDR | touch PATH | cat PATH | fstype PATH | grpc-health ADDR | hang | exit CODE")
 		os.Exit(2)
 	}
 	arg := ""
@@ -58,6 +63,18 @@ func main() {
 			os.Exit(1)
 		}
 		fmt.Printf("%#x", st.Type)
+	case "grpc-health":
+		lis, err := net.Listen("tcp", arg)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		srv := grpc.NewServer()
+		hs := health.NewServer()
+		hs.SetServingStatus("app", healthpb.HealthCheckResponse_NOT_SERVING)
+		healthpb.RegisterHealthServer(srv, hs)
+		fmt.Println("gRPC health on", arg)
+		_ = srv.Serve(lis)
 	case "hang":
 		// Ignores SIGTERM: only the kubelet's SIGKILL after the grace period ends it.
 		signal.Ignore(syscall.SIGTERM)
