@@ -133,7 +133,11 @@ func (w *podWorker) run(ctx context.Context) {
 	go func() { defer close(statusDone); w.statusLoop(life) }()
 
 	var ctrWG sync.WaitGroup
-	if w.prepare(life) {
+	w.mu.Lock()
+	ending := w.deleting || w.stopping
+	w.mu.Unlock()
+	// A pod first seen while being deleted is only finished: nothing is started for it.
+	if !ending && w.prepare(life) {
 		ctrWG.Add(1)
 		go func() { defer ctrWG.Done(); w.refreshVolumes(life) }()
 		if w.runInitContainers(life) {
