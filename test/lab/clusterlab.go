@@ -649,3 +649,18 @@ func (l *Lab) waypointLog(ctx context.Context) (string, error) {
 	}
 	return "", errors.New("no waypoint pod in namespace " + L7Namespace)
 }
+
+// PrePullWarren unpacks Warren's images of tag on the lab's nodes before they are needed, as
+// an image pre-puller DaemonSet does on a real cluster before an upgrade: the ztunnel's restart
+// window then holds no image pull.
+func (l *Lab) PrePullWarren(ctx context.Context, tag string) error {
+	if l.clusterM == nil {
+		return errors.New("pre-pull: not a lab cluster")
+	}
+	for _, name := range []string{"warren-controller", "warren-ztunnel", "warren-waypoint"} {
+		if _, _, err := l.clusterM.images.Rootfs(ctx, "ghcr.io/warren-mesh/"+name+":"+tag); err != nil {
+			return fmt.Errorf("pre-pull: %w", err)
+		}
+	}
+	return nil
+}
