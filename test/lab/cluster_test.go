@@ -289,18 +289,8 @@ func TestLabCluster(t *testing.T) {
 		if out, err := l.UninstallWarren(ctx, "0.1.1"); err != nil {
 			t.Fatalf("uninstall: %v\n%s\n%s", err, out, l.describe(ctx))
 		}
-		var left []string
-		if err := Eventually(ctx, 30*time.Second, func() error {
-			var err error
-			if left, err = l.Leftovers(ctx); err != nil {
-				return err
-			}
-			if len(left) > 0 {
-				return errors.New(strings.Join(left, "; "))
-			}
-			return nil
-		}); err != nil {
-			t.Errorf("uninstall left things behind:\n  %s", strings.Join(left, "\n  "))
+		if err := l.WaitUninstalled(ctx, 30*time.Second); err != nil {
+			t.Errorf("uninstall left things behind:\n  %v", err)
 		}
 		// Pods are back on plain networking: service-c (denied while meshed) now reaches
 		// service-b, which sees service-c's own address.

@@ -363,18 +363,8 @@ func ClusterUp(ctx context.Context, cfg Config, nodes int) (*Lab, error) {
 		if err := l.StartClusterComponents(ctx); err != nil {
 			return err
 		}
-		var prev *Node
-		for i := 1; i <= nodes; i++ {
-			n, err := l.AddNode(ctx, i)
-			if err != nil {
-				return err
-			}
-			if prev != nil {
-				if err := l.ConnectNodes(prev, n); err != nil {
-					return err
-				}
-			}
-			prev = n
+		if _, err := l.addNodeChain(ctx, nodes); err != nil {
+			return err
 		}
 		return l.startClusterAgents(ctx)
 	}()
@@ -539,6 +529,21 @@ func (l *Lab) Leftovers(ctx context.Context) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// WaitUninstalled waits up to timeout for Leftovers to come back empty; the error lists what
+// is still there.
+func (l *Lab) WaitUninstalled(ctx context.Context, timeout time.Duration) error {
+	return Eventually(ctx, timeout, func() error {
+		left, err := l.Leftovers(ctx)
+		if err != nil {
+			return err
+		}
+		if len(left) > 0 {
+			return errors.New(strings.Join(left, "\n  "))
+		}
+		return nil
+	})
 }
 
 // attachedPrograms returns "<attach type> id <n>" for every program attached to target (a

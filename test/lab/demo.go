@@ -239,18 +239,8 @@ func cmdDemo(ctx context.Context, args []string) (err error) {
 		return fmt.Errorf("uninstall: %w\n%s\n%s", err, out, l.describe(ctx))
 	}
 	fmt.Printf("   namespace %s gone %v after the delete\n", SystemNamespace, time.Since(t0).Round(time.Millisecond))
-	var left []string
-	if err := Eventually(ctx, 30*time.Second, func() error {
-		var err error
-		if left, err = l.Leftovers(ctx); err != nil {
-			return err
-		}
-		if len(left) > 0 {
-			return errors.New(strings.Join(left, "; "))
-		}
-		return nil
-	}); err != nil {
-		return fmt.Errorf("uninstall left things behind: %w", err)
+	if err := l.WaitUninstalled(ctx, 30*time.Second); err != nil {
+		return fmt.Errorf("uninstall left things behind:\n  %w", err)
 	}
 	conf, err = os.ReadFile(filepath.Join(l.nodeRoot("node-1"), "etc/cni/net.d/10-wrn-lab.conflist"))
 	if err != nil {

@@ -97,20 +97,9 @@ func Up(ctx context.Context, cfg Config, nodes int, withController bool, pods []
 				return err
 			}
 		}
-		var prev *Node
-		var names []string
-		for i := 1; i <= nodes; i++ {
-			n, err := l.AddNode(ctx, i)
-			if err != nil {
-				return err
-			}
-			if prev != nil {
-				if err := l.ConnectNodes(prev, n); err != nil {
-					return err
-				}
-			}
-			prev = n
-			names = append(names, n.Name)
+		names, err := l.addNodeChain(ctx, nodes)
+		if err != nil {
+			return err
 		}
 		if cfg.WithZtunnel {
 			for _, n := range names {
@@ -130,6 +119,26 @@ func Up(ctx context.Context, cfg Config, nodes int, withController bool, pods []
 		return nil, errors.Join(err, l.Teardown())
 	}
 	return l, nil
+}
+
+// addNodeChain adds nodes 1..nodes, each joined to the one before, and returns their names.
+func (l *Lab) addNodeChain(ctx context.Context, nodes int) ([]string, error) {
+	var prev *Node
+	var names []string
+	for i := 1; i <= nodes; i++ {
+		n, err := l.AddNode(ctx, i)
+		if err != nil {
+			return nil, err
+		}
+		if prev != nil {
+			if err := l.ConnectNodes(prev, n); err != nil {
+				return nil, err
+			}
+		}
+		prev = n
+		names = append(names, n.Name)
+	}
+	return names, nil
 }
 
 // preflight refuses to start over a lab that is still running or left behind.
