@@ -70,6 +70,25 @@ func TestLabCluster(t *testing.T) {
 	if err := l.BuildWarrenImages(ctx, WarrenVersion); err != nil {
 		t.Fatal(err)
 	}
+	// Everything the install applies passes a server-side dry run against the lab's API server
+	// first: manifests/install as released, and the chart rendered with the lab's values (the
+	// namespace must exist for a dry run of the objects in it).
+	if out, err := l.Kubectl(ctx, "create", "namespace", SystemNamespace); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	labManifest, err := l.warrenManifest(ctx, WarrenVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{filepath.Join(l.cfg.Root, "manifests", "install"), labManifest} {
+		out, err := l.Kubectl(ctx, "apply", "--dry-run=server", "-f", f)
+		if err != nil {
+			t.Fatalf("server dry run of %s: %v\n%s", f, err, out)
+		}
+		if n := strings.Count(out, "(server dry run)"); n < 25 {
+			t.Errorf("server dry run of %s covered %d objects, want all of them:\n%s", f, n, out)
+		}
+	}
 	installStart := time.Now()
 	if out, err := l.InstallWarren(ctx, WarrenVersion); err != nil {
 		t.Fatalf("install: %v\n%s\n%s", err, out, l.describe(ctx))
