@@ -135,14 +135,36 @@ func (z *Ztunnel) serveNodePorts() {
 	}
 }
 
-// Ready reports whether the ztunnel has a config and serves every workload it should.
+// Ready reports whether the ztunnel has a config and every Config.ReadyChecks passes; when not,
+// the error has every failure's message, separated by "; ".
 func (z *Ztunnel) Ready() error {
-	v := z.cfg.Store.Load()
-	if v == nil {
-		return errors.New("no config yet")
+	var errs notReady
+	if z.cfg.Store.Load() == nil {
+		errs = append(errs, errors.New("no config yet"))
 	}
-	return nil
+	for _, check := range z.cfg.ReadyChecks {
+		if err := check(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return errs
 }
+
+// notReady is Ready's error: every failed check.
+type notReady []error
+
+func (e notReady) Error() string {
+	msgs := make([]string, len(e))
+	for i, err := range e {
+		msgs[i] = err.Error()
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func (e notReady) Unwrap() []error { return e }
 
 // Addrs returns the bound node ports in the order admin, metrics, readiness (disabled ones
 // omitted), so tests can bind ":0".

@@ -77,6 +77,11 @@ type Config struct {
 	// The usual values are ":15000", ":15020" and ":15021". AdminAddr may list several
 	// comma-separated addresses that all serve the admin endpoints.
 	AdminAddr, MetricsAddr, ReadyAddr string
+	// ReadyChecks are more conditions of readiness, checked on every request, after the
+	// ztunnel's own (e.g. the CNI chaining that the node's new pods need, cniinstall's
+	// Installer.Ready): Ready, and so /healthz/ready and /version, report not ready while any
+	// returns an error, with every error's message. Optional.
+	ReadyChecks []func() error
 	// Registry receives the metrics and is what /metrics serves.
 	Registry *prometheus.Registry
 	// Log is the component log; AccessLog gets one line per connection (nil: off); SecurityLog
@@ -123,6 +128,11 @@ type enrolled struct {
 func New(cfg Config) (*Ztunnel, error) {
 	if cfg.Store == nil || cfg.Identities == nil || cfg.Bundle == nil || cfg.Sockets == nil || cfg.Registry == nil || cfg.Log == nil {
 		return nil, errors.New("new ztunnel: store, identities, bundle, sockets, registry and log are required")
+	}
+	for i, check := range cfg.ReadyChecks {
+		if check == nil {
+			return nil, fmt.Errorf("new ztunnel: ready check %d is nil", i)
+		}
 	}
 	if cfg.HBONEPort == 0 {
 		cfg.HBONEPort = nodeconfig.DefaultHBONEPort

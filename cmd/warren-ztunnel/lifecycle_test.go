@@ -17,15 +17,11 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	crenvtest "sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/warren-mesh/warren/redirect"
 	"github.com/warren-mesh/warren/test/envtest"
@@ -45,40 +41,17 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func TestExitPolicyWithoutAPI(t *testing.T) {
-	tests := []struct {
-		name          string
-		o             options
-		wantUninstall bool
-		wantReason    string
-	}{
-		{"always", options{uninstallOnExit: exitAlways}, true, "--uninstall-on-exit=always"},
-		{"never", options{uninstallOnExit: exitNever, podName: "p", podNamespace: "n"}, false, "--uninstall-on-exit=never"},
-		{"auto without POD_NAME", options{uninstallOnExit: exitAuto, podNamespace: "n"}, false, "--pod-name/--pod-namespace ($POD_NAME/$POD_NAMESPACE) are not set"},
-		{"auto with a bad kubeconfig", options{uninstallOnExit: exitAuto, podName: "p", podNamespace: "n", kubeconfig: "/nonexistent/kubeconfig"}, false, "no API client"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			t.Setenv("KUBERNETES_SERVICE_HOST", "")
-			got, reason := newExitPolicy(tc.o).decide()
-			if got != tc.wantUninstall || !strings.Contains(reason, tc.wantReason) {
-				t.Errorf("decide() = %v, %q; want %v, %q", got, reason, tc.wantUninstall, tc.wantReason)
-			}
-		})
-	}
-}
-
 // cluster is the API objects of one ztunnel pod: its DaemonSet and the pod it controls.
 type cluster struct {
 	env *envtest.Env
 	ns  string
 }
 
-func (c cluster) daemonSet(t testing.TB, name string, finalizers ...string) *appsv1.DaemonSet {
+func (c cluster) daemonSet(t testing.TB, name string) *appsv1.DaemonSet {
 	t.Helper()
 	labels := map[string]string{"app": name}
 	ds := &appsv1.DaemonSet{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: c.ns, Finalizers: finalizers},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: c.ns},
 		Spec: appsv1.DaemonSetSpec{
 			Selector: &metav1.LabelSelector{MatchLabels: labels},
 			Template: corev1.PodTemplateSpec{
@@ -118,135 +91,13 @@ func (c cluster) delete(t testing.TB, obj client.Object) {
 	}
 }
 
-func clientset(t testing.TB, rc *rest.Config) kubernetes.Interface {
-	t.Helper()
-	cs, err := kubernetes.NewForConfig(rc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cs
-}
-
-// TestExitDecision runs the upgrade-versus-uninstall decision against a real API server, then
-// (netns tier, root) a whole warren-ztunnel process through a restart and an uninstall.
-func TestExitDecision(t *testing.T) {
+// TestProcessLifecycle runs whole warren-ztunnel processes (netns tier, root) through a restart
+// and an uninstall, against a real API server; the decision itself is tested in
+// ztunnel/uninstall.
+func TestProcessLifecycle(t *testing.T) {
+	netns.RequireRoot(t)
 	env := envtest.Start(t)
-	c := cluster{env: env, ns: env.Namespace(t)}
-	admin := clientset(t, env.Config)
-
-	present := c.daemonSet(t, "present")
-	c.pod(t, "present-x", present)
-	gone := c.daemonSet(t, "gone")
-	c.pod(t, "gone-x", gone)
-	c.delete(t, gone)
-	deleting := c.daemonSet(t, "deleting", "warren.dev/test-hold")
-	c.pod(t, "deleting-x", deleting)
-	c.delete(t, deleting)
-	t.Cleanup(func() {
-		// Let the held DaemonSet go.
-		_ = env.Client.Patch(context.Background(), &appsv1.DaemonSet{ObjectMeta: metav1.ObjectMeta{Name: "deleting", Namespace: c.ns}},
-			client.RawPatch(types.MergePatchType, []byte(`{"metadata":{"finalizers":null}}`)))
-	})
-	replaced := c.daemonSet(t, "replaced")
-	c.pod(t, "replaced-x", replaced)
-	c.delete(t, replaced)
-	c.daemonSet(t, "replaced")
-	c.pod(t, "bare", nil)
-	// A namespace being deleted (envtest runs no namespace controller: it stays Terminating).
-	dying := cluster{env: env, ns: env.Namespace(t)}
-	dying.pod(t, "dying-x", dying.daemonSet(t, "dying"))
-	if err := admin.CoreV1().Namespaces().Delete(context.Background(), dying.ns, metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-
-	// A client that reaches nothing, and one whose user may not read anything.
-	unreachable := clientset(t, &rest.Config{Host: "https://127.0.0.1:1", Timeout: 2 * time.Second, TLSClientConfig: rest.TLSClientConfig{Insecure: true}})
-	nobody, err := env.Environment.AddUser(crenvtest.User{Name: "nobody"}, env.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	forbidden := clientset(t, nobody.Config())
-	// One that may read pods but not DaemonSets (RBAC half deleted).
-	podReader, err := env.Environment.AddUser(crenvtest.User{Name: "pod-reader"}, env.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, obj := range []client.Object{
-		&rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: "pod-reader", Namespace: c.ns},
-			Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"get"}}}},
-		&rbacv1.RoleBinding{ObjectMeta: metav1.ObjectMeta{Name: "pod-reader", Namespace: c.ns},
-			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: "pod-reader"},
-			Subjects: []rbacv1.Subject{{Kind: rbacv1.UserKind, APIGroup: rbacv1.GroupName, Name: "pod-reader"}}},
-	} {
-		if err := env.Client.Create(context.Background(), obj); err != nil {
-			t.Fatal(err)
-		}
-	}
-	halfForbidden := clientset(t, podReader.Config())
-	envtest.Eventually(t, 10*time.Second, func() error { // the RBAC authorizer's cache
-		_, err := halfForbidden.CoreV1().Pods(c.ns).Get(context.Background(), "present-x", metav1.GetOptions{})
-		return err
-	})
-
-	tests := []struct {
-		name          string
-		c             kubernetes.Interface
-		pod           string
-		wantUninstall bool
-		wantReason    string
-	}{
-		{"DaemonSet present", admin, "present-x", false, "DaemonSet " + c.ns + "/present is still there"},
-		{"DaemonSet deleted", admin, "gone-x", true, "DaemonSet " + c.ns + "/gone is gone"},
-		{"DaemonSet being deleted", admin, "deleting-x", true, "DaemonSet " + c.ns + "/deleting is being deleted"},
-		{"DaemonSet replaced", admin, "replaced-x", false, "replaced by a new one"},
-		{"bare pod", admin, "bare", false, "is not controlled by a DaemonSet"},
-		{"namespace being deleted", admin, "dying-x", true, "namespace " + dying.ns + " is being deleted"},
-		{"pod not found", admin, "nope", false, "cannot read my pod"},
-		{"API unreachable", unreachable, "gone-x", false, "cannot read my pod"},
-		{"no permission", forbidden, "present-x", false, "forbidden"},
-		{"permission lost since start", forbidden, "present-x", true, "worked at start and is now refused"},
-		{"unreachable since start", unreachable, "present-x", false, "cannot read my pod"},
-		{"DaemonSet unreadable", halfForbidden, "present-x", false, "cannot read DaemonSet"},
-		{"DaemonSet unreadable since start", halfForbidden, "present-x", true, "reading DaemonSet " + c.ns + "/present worked at start and is now refused"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), exitCheckTimeout)
-			defer cancel()
-			verified := strings.HasSuffix(tc.name, "since start")
-			ns := c.ns
-			if tc.pod == "dying-x" {
-				ns = dying.ns
-			}
-			got, reason := decideOnExit(ctx, tc.c, ns, tc.pod, verified)
-			if got != tc.wantUninstall || !strings.Contains(reason, tc.wantReason) {
-				t.Errorf("decideOnExit(%s) = %v, %q; want %v, %q", tc.pod, got, reason, tc.wantUninstall, tc.wantReason)
-			}
-		})
-	}
-
-	t.Run("verifyAccess", func(t *testing.T) {
-		ctx := context.Background()
-		if err := verifyAccess(ctx, admin, c.ns, "gone-x"); err != nil {
-			t.Errorf("verifyAccess with the DaemonSet gone = %v; want nil (the read is allowed)", err)
-		}
-		for _, tc := range []struct {
-			c    kubernetes.Interface
-			pod  string
-			want string
-		}{
-			{forbidden, "present-x", "get my pod"},
-			{admin, "bare", "not controlled by a DaemonSet"},
-			{unreachable, "present-x", "get my pod"},
-			{halfForbidden, "present-x", "get my DaemonSet"},
-		} {
-			if err := verifyAccess(ctx, tc.c, c.ns, tc.pod); err == nil || !strings.Contains(err.Error(), tc.want) {
-				t.Errorf("verifyAccess(%s) = %v; want an error containing %q", tc.pod, err, tc.want)
-			}
-		}
-	})
-
-	t.Run("process", func(t *testing.T) { testProcessLifecycle(t, c) })
+	testProcessLifecycle(t, cluster{env: env, ns: env.Namespace(t)})
 }
 
 // writeKubeconfig writes a kubeconfig for rc.

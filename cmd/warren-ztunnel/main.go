@@ -23,8 +23,8 @@
 // paths go into the entry as they are, so they must be the same on the node (hostPath mounted at
 // the same path).
 //
-// On exit (SIGTERM) it decides between an upgrade and an uninstall (--uninstall-on-exit, default
-// auto): only when the DaemonSet that owns its pod (--pod-name/--pod-namespace, from $POD_NAME and
+// On exit (SIGTERM) it decides between an upgrade and an uninstall (ztunnel/uninstall;
+// --uninstall-on-exit, default auto): only when the DaemonSet that owns its pod (--pod-name/--pod-namespace, from $POD_NAME and
 // $POD_NAMESPACE), or its namespace, is gone or being deleted does it remove the CNI entry,
 // kubeconfig and binary and the eBPF redirect pins, so pods go back to plain networking (reads
 // that worked at start and are refused at exit count as that too: the uninstall deleted its
@@ -70,6 +70,7 @@ import (
 	"github.com/warren-mesh/warren/ztunnel/nodeagent/protocol"
 	"github.com/warren-mesh/warren/ztunnel/sockets"
 	"github.com/warren-mesh/warren/ztunnel/state"
+	"github.com/warren-mesh/warren/ztunnel/uninstall"
 )
 
 func main() {
@@ -113,7 +114,7 @@ type options struct {
 	cniBinary       string
 	cniSADir        string
 	cniAPIServer    string
-	uninstallOnExit string
+	uninstallOnExit uninstall.Mode
 	kubeconfig      string
 	podName         string
 	podNamespace    string
@@ -152,11 +153,13 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.cniBinary, "cni-binary", "/usr/local/bin/warren-cni", "with --cni-install: the warren-cni binary to install")
 	fs.StringVar(&o.cniSADir, "cni-service-account-dir", cniinstall.DefaultServiceAccountDir, "with --cni-install: the ServiceAccount token and ca.crt the plugin's kubeconfig is made of")
 	fs.StringVar(&o.cniAPIServer, "cni-api-server", "", "with --cni-install: API server URL for the plugin's kubeconfig (default https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT)")
-	fs.StringVar(&o.uninstallOnExit, "uninstall-on-exit", exitAuto, "on exit, remove the CNI chaining and the eBPF redirect pins from the node: auto (only if this pod's DaemonSet is gone or being deleted), always or never")
+	var uninstallOnExit string
+	fs.StringVar(&uninstallOnExit, "uninstall-on-exit", string(uninstall.Auto), "on exit, remove the CNI chaining and the eBPF redirect pins from the node: auto (only if this pod's DaemonSet is gone or being deleted), always or never")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig for reading this pod and its DaemonSet on exit (default: in-cluster config)")
 	fs.StringVar(&o.podName, "pod-name", os.Getenv("POD_NAME"), "this pod's name (default $POD_NAME)")
 	fs.StringVar(&o.podNamespace, "pod-namespace", os.Getenv("POD_NAMESPACE"), "this pod's namespace (default $POD_NAMESPACE)")
-	if err := fs.Parse(args); err != nil {
+	err := fs.Parse(args)
+	if err != nil {
 		return o, err
 	}
 	switch {
@@ -191,73 +194,107 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	if o.cniInstall && o.agentSocket == "" {
 		return o, errors.New("--cni-install needs in-pod mode (--node-agent-socket and --redirect-cgroup): warren-cni calls the node agent")
 	}
-	switch o.uninstallOnExit {
-	case exitAuto, exitAlways, exitNever:
-	default:
-		return o, fmt.Errorf("--uninstall-on-exit %q: want auto, always or never", o.uninstallOnExit)
+	if o.uninstallOnExit, err = uninstall.ParseMode(uninstallOnExit); err != nil {
+		return o, fmt.Errorf("--uninstall-on-exit %w", err)
 	}
 	return o, nil
 }
 
+// run is main without the exit: flags and their validation, build the components, run them
+// until ctx ends.
 func run(ctx context.Context, args []string, stderr io.Writer) error {
 	o, err := parseFlags(args, stderr)
 	if err != nil {
 		return err
 	}
+	n, err := build(o, stderr)
+	if err != nil {
+		return err
+	}
+	defer n.close()
+	return n.run(ctx)
+}
+
+// node is warren-ztunnel's components, built from the options; the optional ones are nil when
+// their mode is off.
+type node struct {
+	o   options
+	log *slog.Logger
+
+	store   *state.Store
+	stream  *configstream.Client // controller mode
+	zt      *ztunnel.Ztunnel
+	rd      *redirect.Redirector  // in-pod mode
+	agent   *nodeagent.Agent      // in-pod mode
+	exit    *uninstall.Policy     // in-pod mode
+	inst    *cniinstall.Installer // --cni-install
+	closers []func() error
+}
+
+func (n *node) close() {
+	for i := len(n.closers) - 1; i >= 0; i-- {
+		n.closers[i]()
+	}
+}
+
+// build makes the components; on error, it closes those made so far.
+func build(o options, stderr io.Writer) (_ *node, err error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
-		return fmt.Errorf("--log-level: %w", err)
+		return nil, fmt.Errorf("--log-level: %w", err)
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})).With("node", o.node)
+	n := &node{o: o, log: slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})).With("node", o.node)}
+	defer func() {
+		if err != nil {
+			n.close()
+		}
+	}()
+	log := n.log
 	var accessLog *slog.Logger
 	if o.accessLog {
 		accessLog = slog.New(slog.NewJSONHandler(stderr, nil)).With("log", "access", "node", o.node)
 	}
 	securityLog := slog.New(slog.NewJSONHandler(stderr, nil)).With("log", "security", "node", o.node)
-	var inst *cniinstall.Installer
 	if o.cniInstall {
 		// Checked first: a bad install setup fails before anything is loaded into the kernel.
-		if inst, err = newInstaller(o, log); err != nil {
-			return err
+		if n.inst, err = newInstaller(o, log); err != nil {
+			return nil, err
 		}
 	}
 
 	var (
-		store  *state.Store
 		td     spiffeid.TrustDomain
 		signer identity.Signer
 		bundle x509bundle.Source
-		stream *configstream.Client
 	)
 	if o.configFile != "" {
 		snap, err := readConfig(o.configFile)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		view, err := state.Build(snap)
 		if err != nil {
-			return fmt.Errorf("config %s: %w", o.configFile, err)
+			return nil, fmt.Errorf("config %s: %w", o.configFile, err)
 		}
-		store, td = state.NewStore(view), view.TrustDomain()
+		n.store, td = state.NewStore(view), view.TrustDomain()
 		authority, err := localCA(td, o.caCert, o.caKey)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if o.caCert == "" {
 			log.Warn("no --ca-cert/--ca-key: signing with an ephemeral root; ztunnels on other nodes will not trust it")
 		}
-		signer, bundle = authority.Signer(0), state.BundleSource(store, authority.Bundle())
-		go watchConfig(ctx, o.configFile, o.pollInterval, store, log)
+		signer, bundle = authority.Signer(0), state.BundleSource(n.store, authority.Bundle())
 	} else {
 		if td, err = spiffeid.TrustDomainFromString(o.trustDomain); err != nil {
-			return fmt.Errorf("--trust-domain: %w", err)
+			return nil, fmt.Errorf("--trust-domain: %w", err)
 		}
-		store = state.NewStore(nil)
+		n.store = state.NewStore(nil)
 		var tlsConf *tls.Config
 		var roots *x509bundle.Bundle
 		if !o.plaintext {
 			if roots, err = x509bundle.Load(td, o.caRootFile); err != nil {
-				return fmt.Errorf("--ca-root-file: %w (is the warren-ca-root ConfigMap mounted?)", err)
+				return nil, fmt.Errorf("--ca-root-file: %w (is the warren-ca-root ConfigMap mounted?)", err)
 			}
 			cid := o.controllerID
 			if cid == "" {
@@ -265,36 +302,36 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 			}
 			id, err := spiffeid.FromString(cid)
 			if err != nil {
-				return fmt.Errorf("--controller-identity: %w", err)
+				return nil, fmt.Errorf("--controller-identity: %w", err)
 			}
-			tlsConf = tlsconfig.TLSClientConfig(state.BundleSource(store, roots), tlsconfig.AuthorizeID(id))
+			tlsConf = tlsconfig.TLSClientConfig(state.BundleSource(n.store, roots), tlsconfig.AuthorizeID(id))
 		} else {
 			log.Warn("talking to the controller without TLS (--plaintext): use only for development")
 		}
 		token := identity.TokenFile(o.tokenFile)
 		gs, err := identity.NewGRPCSigner(identity.GRPCSignerConfig{Target: o.caAddr, TLSConfig: tlsConf, Token: token})
 		if err != nil {
-			return err
+			return nil, err
 		}
-		defer gs.Close()
+		n.closers = append(n.closers, gs.Close)
 		signer = gs
 		var fallback x509bundle.Source // until the first config brings the trust bundle
 		if roots != nil {
 			fallback = roots
 		}
-		bundle = state.BundleSource(store, fallback)
-		stream, err = configstream.New(configstream.Config{
-			Target: o.controller, TLSConfig: tlsConf, Token: token, Node: o.node, Store: store, Log: log.With("component", "configstream"),
+		bundle = state.BundleSource(n.store, fallback)
+		n.stream, err = configstream.New(configstream.Config{
+			Target: o.controller, TLSConfig: tlsConf, Token: token, Node: o.node, Store: n.store, Log: log.With("component", "configstream"),
 		})
 		if err != nil {
-			return err
+			return nil, err
 		}
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	ids, err := identity.New(identity.Config{Signer: signer, TrustDomain: td, Registerer: reg})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	var mark uint32
 	if o.mark {
@@ -302,7 +339,7 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	zcfg := ztunnel.Config{
 		Node:       o.node,
-		Store:      store,
+		Store:      n.store,
 		Identities: ids,
 		Bundle:     bundle,
 		Sockets: func(w *nodeconfig.Workload) (sockets.Factory, error) {
@@ -317,78 +354,79 @@ func run(ctx context.Context, args []string, stderr io.Writer) error {
 		Registry: reg, Log: log, AccessLog: accessLog, SecurityLog: securityLog,
 		BuildVersion: buildVersion(),
 	}
-	var rd *redirect.Redirector
 	if o.cgroup != "" {
 		// In-pod mode: the eBPF redirect captures pods that the node agent enrolls.
-		if rd, err = redirect.New(redirect.Config{CgroupPath: o.cgroup, PinPath: o.bpfPinPath}); err != nil {
-			return err
+		if n.rd, err = redirect.New(redirect.Config{CgroupPath: o.cgroup, PinPath: o.bpfPinPath}); err != nil {
+			return nil, err
 		}
 		// Close keeps the pins: pods stay captured, failing closed, until the next ztunnel.
-		defer rd.Close()
+		n.closers = append(n.closers, n.rd.Close)
 		zcfg.EnrollLocal = false
 		zcfg.Sockets = func(*nodeconfig.Workload) (sockets.Factory, error) {
 			return nil, errors.New("in-pod mode: pods are enrolled by the node agent")
 		}
 		zcfg.ListenAddr = ztunnel.InPodListenAddr
-		zcfg.OriginalDst = rd.OriginalDst
+		zcfg.OriginalDst = n.rd.OriginalDst
 		zcfg.TrustDomain = td
-	}
-	if inst != nil {
-		// Readiness also needs the chaining: main serves it (zt.Ready and inst.Ready).
-		zcfg.ReadyAddr = ""
-	}
-	var exit *exitPolicy
-	if rd != nil {
-		exit = newExitPolicy(o)
-		if exit.clientErr != nil {
-			log.Warn("on exit, Warren will stay installed on this node whatever happens to the DaemonSet", "reason", exit.clientErr.Error())
+		if n.exit, err = uninstall.New(uninstall.Config{
+			Mode: o.uninstallOnExit, Kubeconfig: o.kubeconfig, Namespace: o.podNamespace, Pod: o.podName, Log: log,
+		}); err != nil {
+			return nil, err
 		}
-		go exit.verify(ctx, log)
 	}
-	zt, err := ztunnel.New(zcfg)
-	if err != nil {
-		return err
+	if n.inst != nil {
+		// Readiness also needs the chaining: new pods on the node need warren-cni.
+		zcfg.ReadyChecks = append(zcfg.ReadyChecks, n.inst.Ready)
 	}
-	if inst != nil && o.readyAddr != "" {
-		srv, addr, err := serveReadiness(o.readyAddr, zt.Ready, inst.Ready)
-		if err != nil {
-			return err
+	if n.zt, err = ztunnel.New(zcfg); err != nil {
+		return nil, err
+	}
+	if n.rd != nil {
+		if n.agent, err = nodeagent.New(nodeagent.Config{
+			Socket: o.agentSocket, Node: o.node, Ztunnel: n.zt, Redirect: n.rd, Store: n.store,
+			StateDir: o.podStateDir, Log: log,
+		}); err != nil {
+			return nil, err
 		}
-		defer srv.Close()
-		log.Info("readiness", "addr", addr.String())
 	}
-	if stream != nil {
-		go stream.Run(ctx)
+	return n, nil
+}
+
+// run runs the components until ctx ends, then, in in-pod mode, keeps or removes Warren from
+// the node (uninstall.Policy).
+func (n *node) run(ctx context.Context) error {
+	if n.o.configFile != "" {
+		go watchConfig(ctx, n.o.configFile, n.o.pollInterval, n.store, n.log)
+	}
+	if n.exit != nil {
+		go n.exit.Verify(ctx)
+	}
+	if n.stream != nil {
+		go n.stream.Run(ctx)
 	}
 	agentDone := make(chan error, 1)
-	if rd != nil {
-		agent, err := nodeagent.New(nodeagent.Config{
-			Socket: o.agentSocket, Node: o.node, Ztunnel: zt, Redirect: rd, Store: store,
-			StateDir: o.podStateDir, Log: log,
-		})
-		if err != nil {
-			return err
-		}
-		go func() { agentDone <- agent.Run(ctx) }()
+	if n.agent != nil {
+		go func() { agentDone <- n.agent.Run(ctx) }()
 	} else {
 		agentDone <- nil
 	}
 	instDone := make(chan error, 1)
-	if inst != nil {
-		go func() { instDone <- inst.Run(ctx) }()
+	if n.inst != nil {
+		go func() { instDone <- n.inst.Run(ctx) }()
 	} else {
 		instDone <- nil
 	}
-	log.Info("warren-ztunnel started", "controller", o.controller, "config", o.configFile, "addrs", fmt.Sprint(zt.Addrs()))
-	err = zt.Run(ctx)
+	n.log.Info("warren-ztunnel started", "controller", n.o.controller, "config", n.o.configFile, "addrs", fmt.Sprint(n.zt.Addrs()))
+	err := n.zt.Run(ctx)
 	if aerr := <-agentDone; aerr != nil && err == nil {
 		err = aerr
 	}
 	if ierr := <-instDone; ierr != nil && err == nil {
 		err = ierr
 	}
-	if rd != nil {
-		if xerr := onExit(exit, inst, rd, o.bpfPinPath, log); xerr != nil && err == nil {
+	if n.exit != nil {
+		// ctx has ended: the exit check gets its own time (uninstall.CheckTimeout).
+		if xerr := n.exit.OnExit(context.Background(), n.inst, n.rd, n.o.bpfPinPath); xerr != nil && err == nil {
 			err = xerr
 		}
 	}
@@ -409,6 +447,21 @@ func newInstaller(o options, log *slog.Logger) (*cniinstall.Installer, error) {
 		NodeAgentSocket: o.agentSocket, StateDir: o.podStateDir,
 		OnEvent: logInstallerEvent(log.With("component", "cniinstall")),
 	})
+}
+
+// logInstallerEvent logs what the CNI installer did.
+func logInstallerEvent(log *slog.Logger) func(cniinstall.Event) {
+	return func(e cniinstall.Event) {
+		attrs := []any{"event", string(e.Kind), "path", e.Path}
+		if e.Detail != "" {
+			attrs = append(attrs, "detail", e.Detail)
+		}
+		if e.Err != nil {
+			log.Warn("cni install: "+string(e.Kind), append(attrs, "error", e.Err.Error())...)
+			return
+		}
+		log.Info("cni install: "+string(e.Kind), attrs...)
+	}
 }
 
 func readConfig(path string) (*nodeconfig.Snapshot, error) {
