@@ -14,6 +14,8 @@ import (
 
 	"golang.org/x/net/dns/dnsmessage"
 	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/warren-mesh/warren/redirect"
 )
 
 const (
@@ -193,7 +195,7 @@ func build(h dnsmessage.Header, q *dnsmessage.Question, ips []netip.Addr) []byte
 func (p *Proxy) startDNS() error {
 	addr := netip.AddrPortFrom(p.cfg.ClusterDNS, 53)
 	var pc net.PacketConn
-	err := inNetns(p.cfg.NodeNetns, func() (err error) {
+	err := redirect.InNetns(p.cfg.NodeNetns, func() (err error) {
 		pc, err = net.ListenPacket("udp", addr.String())
 		return err
 	})

@@ -8,12 +8,9 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"runtime"
 	"sync/atomic"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/warren-mesh/warren/redirect"
 	"github.com/warren-mesh/warren/ztunnel/relay"
 )
 
@@ -44,7 +41,7 @@ func (p *Proxy) listen(addr netip.AddrPort, t target) (*listener, error) {
 // connections are plain TCP and the relay can splice).
 func (p *Proxy) listenTCP(addr netip.AddrPort) (net.Listener, error) {
 	var ln net.Listener
-	err := inNetns(p.cfg.NodeNetns, func() (err error) {
+	err := redirect.InNetns(p.cfg.NodeNetns, func() (err error) {
 		var lc net.ListenConfig
 		lc.SetMultipathTCP(false)
 		ln, err = lc.Listen(context.Background(), "tcp", addr.String())
@@ -114,7 +111,7 @@ func (p *Proxy) dial(ep netip.AddrPort) (net.Conn, error) {
 	d := net.Dialer{Timeout: p.cfg.DialTimeout}
 	d.SetMultipathTCP(false)
 	var c net.Conn
-	err := inNetns(p.cfg.NodeNetns, func() (err error) {
+	err := redirect.InNetns(p.cfg.NodeNetns, func() (err error) {
 		c, err = d.Dial("tcp", ep.String())
 		return err
 	})
@@ -127,40 +124,4 @@ func reset(c net.Conn) {
 		_ = tc.SetLinger(0)
 	}
 	c.Close()
-}
-
-// inNetns runs fn on a locked OS thread inside the network namespace at path and moves the
-// thread back afterwards; sockets fn creates stay in that namespace. A thread that cannot be
-// moved back stays locked, so the Go runtime retires it instead of reusing it in the wrong
-// namespace.
-func inNetns(path string, fn func() error) error {
-	target, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("open netns: %w", err)
-	}
-	defer target.Close()
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open current netns: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("setns %s: %w", path, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("restore netns: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
 }

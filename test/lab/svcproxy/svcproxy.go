@@ -63,6 +63,8 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
+
+	"github.com/warren-mesh/warren/redirect"
 )
 
 // Config of a node's service proxy and DNS server.
@@ -363,7 +365,7 @@ func (p *Proxy) removeAddr(ip netip.Addr) error {
 // hasAddr reports whether ip is on the node netns's lo.
 func (p *Proxy) hasAddr(ip netip.Addr) (bool, error) {
 	var found bool
-	err := inNetns(p.cfg.NodeNetns, func() error {
+	err := redirect.InNetns(p.cfg.NodeNetns, func() error {
 		lo, err := net.InterfaceByName("lo")
 		if err != nil {
 			return err
