@@ -100,10 +100,13 @@ func (l *Lab) BuildWarrenImages(ctx context.Context, tag string) error {
 	return nil
 }
 
+// appImageBinary is the static sample app the lab puts into its image (and "lab exec" runs).
+func (l *Lab) appImageBinary() string { return filepath.Join(l.cfg.StateDir, "images", appBinary) }
+
 // buildAppImage builds the sample app statically (it runs in an empty root) into the lab's own
 // layout as warren-lab/app:local.
 func (l *Lab) buildAppImage(ctx context.Context, layout string) error {
-	bin := filepath.Join(l.cfg.StateDir, "images", appBinary)
+	bin := l.appImageBinary()
 	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-o", bin, "./test/lab/app")
 	cmd.Dir, cmd.Env = l.cfg.Root, append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {

@@ -514,10 +514,14 @@ type State struct {
 }
 
 func (l *Lab) saveState() error {
+	app := filepath.Join(l.cfg.BinDir, appBinary)
+	if l.cfg.Cluster {
+		app = l.appImageBinary() // the static build inside warren-lab/app:local
+	}
 	l.mu.Lock()
 	st := State{
 		SupervisorPid: os.Getpid(), Kubeconfig: l.Kubeconfig, PushAddr: l.PushAddr, CAAddr: l.CAAddr,
-		AppBinary: filepath.Join(l.cfg.BinDir, appBinary), CgroupRoot: l.cgroupRoot, Nodes: l.nodes, Pods: l.pods,
+		AppBinary: app, CgroupRoot: l.cgroupRoot, Nodes: l.nodes, Pods: l.pods,
 		Cluster: l.cfg.Cluster,
 	}
 	if l.RestConfig != nil {
