@@ -10,7 +10,6 @@ import (
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
-	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -121,46 +120,18 @@ type cluster struct {
 
 func (c cluster) daemonSet(t testing.TB, name string, finalizers ...string) *appsv1.DaemonSet {
 	t.Helper()
-	labels := map[string]string{"app": name}
-	ds := &appsv1.DaemonSet{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: c.ns, Finalizers: finalizers},
-		Spec: appsv1.DaemonSetSpec{
-			Selector: &metav1.LabelSelector{MatchLabels: labels},
-			Template: corev1.PodTemplateSpec{
-				ObjectMeta: metav1.ObjectMeta{Labels: labels},
-				Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "ztunnel", Image: "ghcr.io/warren-mesh/warren-ztunnel:0.1.0"}}},
-			},
-		},
-	}
-	if err := c.env.Client.Create(context.Background(), ds); err != nil {
-		t.Fatalf("create DaemonSet: %v", err)
-	}
-	return ds
+	return c.env.DaemonSet(t, c.ns, name, finalizers...)
 }
 
 // pod creates a pod controlled by owner (nil: a bare pod).
 func (c cluster) pod(t testing.TB, name string, owner *appsv1.DaemonSet) {
 	t.Helper()
-	p := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: c.ns},
-		Spec:       corev1.PodSpec{Containers: []corev1.Container{{Name: "ztunnel", Image: "ghcr.io/warren-mesh/warren-ztunnel:0.1.0"}}},
-	}
-	if owner != nil {
-		yes := true
-		p.OwnerReferences = []metav1.OwnerReference{{
-			APIVersion: "apps/v1", Kind: "DaemonSet", Name: owner.Name, UID: owner.UID, Controller: &yes, BlockOwnerDeletion: &yes,
-		}}
-	}
-	if err := c.env.Client.Create(context.Background(), p); err != nil {
-		t.Fatalf("create pod: %v", err)
-	}
+	c.env.PodOf(t, c.ns, name, owner)
 }
 
 func (c cluster) delete(t testing.TB, obj client.Object) {
 	t.Helper()
-	if err := c.env.Client.Delete(context.Background(), obj); err != nil {
-		t.Fatalf("delete %s: %v", obj.GetName(), err)
-	}
+	c.env.Delete(t, obj)
 }
 
 func clientset(t testing.TB, rc *rest.Config) kubernetes.Interface {
