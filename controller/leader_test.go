@@ -293,9 +293,12 @@ func TestLeaderElection(t *testing.T) {
 		})
 	}
 	writeAndWaitStatus("to-nowhere")
-	if n := first.counter(t, "warren_controller_status_writes_total"); n == 0 {
-		t.Errorf("leader %s wrote no status", first.name)
-	}
+	eventually(t, "leader "+first.name+" counts its status write", func() string {
+		if n := first.counter(t, "warren_controller_status_writes_total"); n == 0 {
+			return "leader " + first.name + " wrote no status"
+		}
+		return ""
+	})
 	if n := second.counter(t, "warren_controller_status_writes_total"); n != 0 {
 		t.Errorf("follower %s wrote status %v times; only the leader may", second.name, n)
 	}
@@ -360,9 +363,13 @@ func TestLeaderElection(t *testing.T) {
 		t.Errorf("takeover took %v, as long as the lease: the stopping leader did not release it", took)
 	}
 	writeAndWaitStatus("to-nowhere-2")
-	if n := second.counter(t, "warren_controller_status_writes_total"); n == 0 {
-		t.Errorf("new leader %s wrote no status", second.name)
-	}
+	// The counter goes up just after the write the client saw returns: wait for it.
+	eventually(t, "new leader "+second.name+" counts its status write", func() string {
+		if n := second.counter(t, "warren_controller_status_writes_total"); n == 0 {
+			return "new leader " + second.name + " wrote no status"
+		}
+		return ""
+	})
 	must(c.Get(ctx, client.ObjectKey{Namespace: systemNS, Name: controller.DefaultLeaseName}, &lease))
 	if n := ptr.Deref(lease.Spec.LeaseTransitions, 0); n < 1 {
 		t.Errorf("Lease transitions = %d after a takeover, want >= 1", n)
